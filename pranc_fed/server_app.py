@@ -1,0 +1,134 @@
+"""Flower ServerApp: build the initial model from the config, run the strategy with central
+evaluation after every round, write rounds.csv, summary.json, ledger.csv and the final model."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+from flwr.app import ArrayRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+
+from .config import ExperimentConfig, config_from_run_config, config_to_dict
+from .data import load_dataset
+from .methods import get_method
+from .pranc import PrancModel
+from .strategy import PrancFedStrategy
+from .training import evaluate, model_args, resolve_device, test_loader
+
+APP_DIR = Path(__file__).resolve().parents[1]
+ROUND_FIELDS = ["round", "clients", "received", "dropped", "up_bytes", "down_bytes", "cum_up_bytes",
+                "cum_down_bytes", "cum_bytes", "train_loss", "test_accuracy", "test_loss", "wall_seconds"]
+
+app = ServerApp()
+log = logging.getLogger("pranc_fed.server")
+
+
+def output_dir(cfg: ExperimentConfig) -> Path:
+    """Relative out_dir resolves against the app folder: the server process's cwd is Flower's choice."""
+    out = Path(cfg.resolved_out_dir())
+    return out if out.is_absolute() else APP_DIR / out
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = config_from_run_config(context.run_config, APP_DIR)
+    run_federated(grid, cfg, output_dir(cfg))
+
+
+def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    device = resolve_device(cfg.train.device)
+    bundle = load_dataset(cfg.data.dataset)
+    method = get_method(cfg)
+    model = method.build_model(bundle, device)
+    fingerprint = method.fingerprint(model)
+    strategy = PrancFedStrategy(cfg, method, method.initial_state(model), fingerprint)
+    tests = test_loader(cfg, bundle)
+    rows: list[dict] = []
+    (out / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2))
+    print(f"[pranc-fed] {cfg.name}: {cfg.federation.method} on {cfg.model.arch}, {cfg.federation.num_clients} "
+          f"clients, {cfg.federation.rounds} rounds, fingerprint {fingerprint}", flush=True)
+
+    def central_evaluation(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        method.load_state(model, strategy.state)
+        loss, accuracy = evaluate(model, tests, device)
+        if server_round > 0:
+            rows.append(_round_row(strategy, server_round, loss, accuracy, rows, time.perf_counter() - started))
+            _write_csv(out / "rounds.csv", rows, ROUND_FIELDS)
+            r = rows[-1]
+            print(f"[pranc-fed] round {server_round}/{cfg.federation.rounds}  clients {r['received']}/{r['clients']}"
+                  f"  up {r['up_bytes']:,} B  down {r['down_bytes']:,} B  total {r['cum_bytes']:,} B"
+                  f"  test acc {accuracy:.4f}  loss {loss:.4f}  {r['wall_seconds']:.0f}s", flush=True)
+        return MetricRecord({"test-accuracy": accuracy, "test-loss": loss})
+
+    strategy.start(grid=grid, initial_arrays=method.encode_down(strategy.state), num_rounds=cfg.federation.rounds,
+                   timeout=cfg.federation.round_timeout, evaluate_fn=central_evaluation)
+
+    _write_csv(out / "ledger.csv", strategy.ledger, ["round", "node", "phase", "direction", "bytes"])
+    model_file = _save_model(cfg, method, strategy, model, bundle, out)
+    summary = _summary(cfg, strategy, rows, model, fingerprint, model_file, time.perf_counter() - started)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"[pranc-fed] done: final test accuracy {summary['final_test_accuracy']:.4f}, "
+          f"{summary['total_bytes']:,} bytes on the wire; results in {out}", flush=True)
+    return summary
+
+
+def _round_row(strategy: PrancFedStrategy, server_round: int, loss: float, accuracy: float, rows: list[dict],
+               wall: float) -> dict:
+    stats = strategy.rounds[-1] if strategy.rounds and strategy.rounds[-1].round == server_round else None
+    up = (stats.up_bytes + stats.eval_up_bytes) if stats else 0
+    down = (stats.down_bytes + stats.eval_down_bytes) if stats else 0
+    cum_up = (rows[-1]["cum_up_bytes"] if rows else 0) + up
+    cum_down = (rows[-1]["cum_down_bytes"] if rows else 0) + down
+    return {"round": server_round, "clients": stats.sampled if stats else 0, "received": stats.received if stats else 0,
+            "dropped": len(stats.dropped) if stats else 0, "up_bytes": up, "down_bytes": down,
+            "cum_up_bytes": cum_up, "cum_down_bytes": cum_down, "cum_bytes": cum_up + cum_down,
+            "train_loss": stats.train_loss if stats else None, "test_accuracy": accuracy, "test_loss": loss,
+            "wall_seconds": round(wall, 3)}
+
+
+def _write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _save_model(cfg, method, strategy, model, bundle, out: Path) -> Path:
+    """PRANC: a .pranc file (seed + alpha); dense methods: an .npz of the state (no pickle)."""
+    method.load_state(model, strategy.state)
+    if isinstance(model, PrancModel):
+        path = out / "model.pranc"
+        model.save(path, cfg.pranc.alpha_dtype, model_args(bundle), bundle.preprocessing.to_dict(),
+                   {"config": cfg.name, "rounds": cfg.federation.rounds})
+        return path
+    path = out / "model.npz"
+    np.savez(path, **strategy.state)
+    return path
+
+
+def _summary(cfg, strategy, rows, model, fingerprint, model_file, wall) -> dict:
+    from .models import count_parameters
+    covered, local = count_parameters(model.module if isinstance(model, PrancModel) else model)
+    accuracies = [r["test_accuracy"] for r in rows]
+    return {
+        "method": cfg.federation.method, "name": cfg.name, "arch": cfg.model.arch, "dataset": cfg.data.dataset,
+        "final_test_accuracy": accuracies[-1] if accuracies else None,
+        "best_test_accuracy": max(accuracies) if accuracies else None,
+        "total_up_bytes": sum(r["up_bytes"] for r in rows), "total_down_bytes": sum(r["down_bytes"] for r in rows),
+        "total_bytes": sum(r["up_bytes"] + r["down_bytes"] for r in rows),
+        "rounds": len(rows), "clients": cfg.federation.num_clients,
+        "num_coeffs": cfg.pranc.num_coeffs if isinstance(model, PrancModel) else None,
+        "param_count": covered + local, "covered_param_count": covered, "local_param_count": local,
+        "dense_fp32_bytes_per_transfer": 4 * (covered + local),
+        "fingerprint": fingerprint, "model_file": str(model_file), "model_file_bytes": model_file.stat().st_size,
+        "wall_seconds": round(wall, 3),
+        "replies": [{"round": s.round, "sampled": s.sampled, "received": s.received, "dropped": s.dropped}
+                    for s in strategy.rounds],
+    }

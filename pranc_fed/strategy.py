@@ -1,0 +1,183 @@
+"""Server side: sample clients, validate every reply, aggregate, apply the server optimiser,
+and keep a ledger of the bytes every message costs as Flower serialises it."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from .config import ExperimentConfig
+from .methods import InvalidReply, Method, State
+from .methods.base import record_bytes
+
+log = logging.getLogger("pranc_fed.strategy")
+
+
+class ServerOptimizer:
+    """Applies the weighted-mean client delta d to the global state.
+
+    avg:  s += lr * d
+    avgm: m = momentum * m + d;  s += lr * m                       (FedAvgM, Hsu et al. 2019)
+    adam: m = b1 m + (1 - b1) d;  v = b2 v + (1 - b2) d^2;
+          s += lr * m / (sqrt(v) + tau),  b1 = momentum, b2 = 0.99, tau = 1e-3  (FedAdam, Reddi et al. 2021)
+    """
+
+    def __init__(self, kind: str, lr: float, momentum: float, beta2: float = 0.99, tau: float = 1e-3):
+        self.kind, self.lr, self.momentum, self.beta2, self.tau = kind, lr, momentum, beta2, tau
+        self.m: State = {}
+        self.v: State = {}
+
+    def step(self, state: State, delta: State) -> State:
+        if self.kind == "avg":
+            return {k: state[k] + self.lr * delta[k] for k in state}
+        if self.kind == "avgm":
+            self.m = {k: self.momentum * self.m.get(k, 0) + delta[k] for k in state}
+            return {k: state[k] + self.lr * self.m[k] for k in state}
+        if self.kind == "adam":
+            b1, b2 = self.momentum, self.beta2
+            self.m = {k: b1 * self.m.get(k, 0) + (1 - b1) * delta[k] for k in state}
+            self.v = {k: b2 * self.v.get(k, 0) + (1 - b2) * delta[k] ** 2 for k in state}
+            return {k: state[k] + self.lr * self.m[k] / (np.sqrt(self.v[k]) + self.tau) for k in state}
+        raise ValueError(f"unknown server optimizer {self.kind!r}")
+
+
+@dataclass
+class RoundStats:
+    round: int
+    sampled: int = 0
+    received: int = 0
+    down_bytes: int = 0
+    up_bytes: int = 0
+    eval_down_bytes: int = 0
+    eval_up_bytes: int = 0
+    train_loss: float | None = None
+    dropped: dict[str, str] = field(default_factory=dict)  # node id -> reason
+    aggregated: bool = False
+
+
+class PrancFedStrategy(FedAvg):
+    """FedAvg-shaped strategy over any Method's state; see methods/base.py for the protocol."""
+
+    def __init__(self, cfg: ExperimentConfig, method: Method, state: State, fingerprint: str):
+        fed = cfg.federation
+        super().__init__(fraction_train=fed.fraction_train, fraction_evaluate=1.0 if fed.client_eval else 0.0,
+                         min_train_nodes=fed.min_train_clients, min_evaluate_nodes=fed.min_train_clients,
+                         min_available_nodes=fed.min_train_clients)
+        self.cfg, self.method, self.state, self.fingerprint = cfg, method, state, fingerprint
+        self.optimizer = ServerOptimizer(fed.server_optimizer, fed.server_lr, fed.server_momentum)
+        self.rng = random.Random(cfg.seed)
+        self.rounds: list[RoundStats] = []
+        self.ledger: list[dict] = []  # one row per message: round, node, phase, direction, bytes
+
+    def _sample(self, grid: Grid, fraction: float) -> list[int]:
+        """Seeded sampling over sorted node ids, so every method sees the same clients."""
+        while len(nodes := sorted(grid.get_node_ids())) < self.min_available_nodes:
+            log.info("waiting for nodes: %d connected, %d needed", len(nodes), self.min_available_nodes)
+            time.sleep(1)
+        size = min(len(nodes), max(int(len(nodes) * fraction), self.min_train_nodes))
+        return sorted(self.rng.sample(nodes, size))
+
+    def _broadcast(self, server_round: int, grid: Grid, fraction: float, phase: str, message_type: str) -> list[Message]:
+        nodes = self._sample(grid, fraction)
+        content = RecordDict({"arrays": self.method.encode_down(self.state),
+                              "config": ConfigRecord({"server-round": server_round, "fingerprint": self.fingerprint})})
+        size = record_bytes(content)
+        stats = self._stats(server_round)
+        for node in nodes:
+            self.ledger.append({"round": server_round, "node": node, "phase": phase, "direction": "down", "bytes": size})
+        if phase == "train":
+            stats.sampled, stats.down_bytes = len(nodes), size * len(nodes)
+        else:
+            stats.eval_down_bytes = size * len(nodes)
+        return [Message(content=content, message_type=message_type, dst_node_id=node) for node in nodes]
+
+    def _stats(self, server_round: int) -> RoundStats:
+        if not self.rounds or self.rounds[-1].round != server_round:
+            self.rounds.append(RoundStats(server_round))
+        return self.rounds[-1]
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        return self._broadcast(server_round, grid, self.fraction_train, "train", MessageType.TRAIN)
+
+    def _check_reply(self, msg: Message, phase: str) -> tuple[int, MetricRecord]:
+        """Validate everything but the arrays; returns (num-examples, metrics)."""
+        if msg.has_error():
+            raise InvalidReply(f"client error: {msg.error.reason}")
+        content = msg.content
+        required = [("metrics", MetricRecord), ("config", ConfigRecord)]
+        for key, kind in required + ([("arrays", ArrayRecord)] if phase == "train" else []):
+            if not isinstance(content.get(key), kind):
+                raise InvalidReply(f"missing {kind.__name__} {key!r}")
+        received = content["config"].get("fingerprint")
+        if received != self.fingerprint:
+            raise InvalidReply(f"fingerprint {received!r} differs from the server's {self.fingerprint!r}")
+        metrics = content["metrics"]
+        examples = metrics.get("num-examples")
+        if not isinstance(examples, int) or isinstance(examples, bool) or not 0 < examples <= self.cfg.federation.max_num_examples:
+            raise InvalidReply(f"num-examples {examples!r} is not an integer in [1, {self.cfg.federation.max_num_examples}]")
+        return examples, metrics
+
+    def _receive(self, server_round: int, replies: Iterable[Message], phase: str):
+        """Yield (node, num-examples, metrics, arrays) of replies that pass the checks; log and count the rest."""
+        stats = self._stats(server_round)
+        for msg in replies:
+            node = msg.metadata.src_node_id
+            size = 0 if msg.has_error() else record_bytes(msg.content)
+            self.ledger.append({"round": server_round, "node": node, "phase": phase, "direction": "up", "bytes": size})
+            if phase == "train":
+                stats.up_bytes += size
+            else:
+                stats.eval_up_bytes += size
+            try:
+                examples, metrics = self._check_reply(msg, phase)
+                yield node, examples, metrics, msg.content.get("arrays")
+            except InvalidReply as e:
+                log.warning("round %d: dropped %s reply of node %s: %s", server_round, phase, node, e)
+                stats.dropped[str(node)] = str(e)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        stats = self._stats(server_round)
+        deltas, weights, losses = [], [], []
+        for node, examples, metrics, arrays in self._receive(server_round, replies, "train"):
+            try:
+                deltas.append(self.method.decode_up(arrays, self.state))
+            except InvalidReply as e:
+                log.warning("round %d: dropped train reply of node %s: %s", server_round, node, e)
+                stats.dropped[str(node)] = str(e)
+                continue
+            weights.append(examples)
+            losses.append(float(metrics.get("train-loss", float("nan"))))
+        stats.received = len(deltas)
+        if len(deltas) < self.cfg.federation.min_train_clients:
+            log.warning("round %d: %d valid replies, fewer than federation.min_train_clients=%d; global model kept",
+                        server_round, len(deltas), self.cfg.federation.min_train_clients)
+            return None, None
+        w = np.asarray(weights, dtype=np.float64) / sum(weights)
+        mean = {k: sum(wi * d[k] for wi, d in zip(w, deltas)).astype(np.float32) for k in self.state}
+        self.state = {k: v.astype(np.float32) for k, v in self.optimizer.step(self.state, mean).items()}
+        stats.aggregated = True
+        stats.train_loss = float(np.dot(w, losses))
+        return self.method.encode_down(self.state), MetricRecord({"train-loss": stats.train_loss})
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        if not self.cfg.federation.client_eval:
+            return []
+        return self._broadcast(server_round, grid, 1.0, "evaluate", MessageType.EVALUATE)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        results = [(n, m) for _, n, m, _ in self._receive(server_round, replies, "evaluate")]
+        if not results:
+            return None
+        total = sum(n for n, _ in results)
+        return MetricRecord({key: sum(n * float(m.get(key, 0.0)) for n, m in results) / total
+                             for key in ("val-accuracy", "val-loss")})
