@@ -27,35 +27,42 @@ app = ClientApp()
 
 @dataclass
 class Node:
-    """What a client process builds once and reuses across rounds (data, model, basis)."""
+    """What a client trains with: the model (and its basis) is built once per process and shared by
+    every partition the process serves, since each round overwrites its state; data is per partition."""
     cfg: ExperimentConfig
     method: Method
     model: torch.nn.Module
     fingerprint: str
+    device: torch.device
     train: TensorImageDataset
     val: TensorImageDataset
-    device: torch.device
 
 
-@functools.lru_cache(maxsize=2)
-def _build_node(config_json: str, partition_id: int, num_partitions: int) -> Node:
+@functools.lru_cache(maxsize=1)
+def _model(config_json: str) -> tuple[ExperimentConfig, Method, torch.nn.Module, torch.device]:
     cfg = config_from_dict(json.loads(config_json))
     device = resolve_device(cfg.train.device)
-    bundle = load_dataset(cfg.data.dataset)
-    train = subset(bundle.train, cfg.data.train_subset, cfg.seed)
+    method = get_method(cfg)
+    return cfg, method, method.build_model(load_dataset(cfg.data.dataset), device), device
+
+
+@functools.lru_cache(maxsize=64)
+def _partition(config_json: str, partition_id: int, num_partitions: int) -> tuple[TensorImageDataset, TensorImageDataset]:
+    cfg = config_from_dict(json.loads(config_json))
     d = cfg.data
+    train = subset(load_dataset(d.dataset).train, d.train_subset, cfg.seed)
     parts = partition_indices(train.labels.numpy(), num_partitions, d.partition, cfg.seed,
                               d.dirichlet_alpha, d.classes_per_client)
     train_idx, val_idx = client_split(parts[partition_id], d.val_fraction, cfg.seed + partition_id)
-    method = get_method(cfg)
-    model = method.build_model(bundle, device)
-    return Node(cfg, method, model, method.fingerprint(model), train.select(train_idx), train.select(val_idx), device)
+    return train.select(train_idx), train.select(val_idx)
 
 
 def node_for(context: Context) -> Node:
-    cfg = config_from_run_config(context.run_config, APP_DIR)
-    return _build_node(json.dumps(config_to_dict(cfg), sort_keys=True),
-                       int(context.node_config["partition-id"]), int(context.node_config["num-partitions"]))
+    config_json = json.dumps(config_to_dict(config_from_run_config(context.run_config, APP_DIR)), sort_keys=True)
+    cfg, method, model, device = _model(config_json)
+    train, val = _partition(config_json, int(context.node_config["partition-id"]),
+                            int(context.node_config["num-partitions"]))
+    return Node(cfg, method, model, method.fingerprint(model), device, train, val)
 
 
 def _start(msg: Message, context: Context) -> tuple[Node, dict[str, np.ndarray]]:

@@ -71,7 +71,7 @@ class PrancConfig:
     basis_budget_mb: float = _f(2048.0, gt=0)  # memory the basis may use before streaming in chunks
     cache: str = _f("auto", choices=("auto", "memory", "disk", "none"))  # where a materialised basis is kept
     share_local_params: bool = _f(True)  # send norm-layer params/stats; False keeps them on the client (FedBN)
-    alpha_lr: float = _f(0.01, gt=0)  # Adam learning rate of alpha
+    alpha_lr: float = _f(0.002, gt=0)  # Adam learning rate of alpha
 
 
 @dataclass

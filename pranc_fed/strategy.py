@@ -76,6 +76,7 @@ class PrancFedStrategy(FedAvg):
         self.rng = random.Random(cfg.seed)
         self.rounds: list[RoundStats] = []
         self.ledger: list[dict] = []  # one row per message: round, node, phase, direction, bytes
+        self.sent: list[Message] = []  # this phase's instructions (Flower sets their ids when it pushes them)
 
     def _sample(self, grid: Grid, fraction: float) -> list[int]:
         """Seeded sampling over sorted node ids, so every method sees the same clients."""
@@ -97,7 +98,8 @@ class PrancFedStrategy(FedAvg):
             stats.sampled, stats.down_bytes = len(nodes), size * len(nodes)
         else:
             stats.eval_down_bytes = size * len(nodes)
-        return [Message(content=content, message_type=message_type, dst_node_id=node) for node in nodes]
+        self.sent = [Message(content=content, message_type=message_type, dst_node_id=node) for node in nodes]
+        return self.sent
 
     def _stats(self, server_round: int) -> RoundStats:
         if not self.rounds or self.rounds[-1].round != server_round:
@@ -129,8 +131,11 @@ class PrancFedStrategy(FedAvg):
     def _receive(self, server_round: int, replies: Iterable[Message], phase: str):
         """Yield (node, num-examples, metrics, arrays) of replies that pass the checks; log and count the rest."""
         stats = self._stats(server_round)
+        # An error reply made by the SuperLink (e.g. "node unavailable" after a node died) comes
+        # from the SuperLink's own id: name the node the instruction went to instead.
+        sent_to = {m.metadata.message_id: m.metadata.dst_node_id for m in self.sent if m.metadata.message_id}
         for msg in replies:
-            node = msg.metadata.src_node_id
+            node = sent_to.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
             size = 0 if msg.has_error() else record_bytes(msg.content)
             self.ledger.append({"round": server_round, "node": node, "phase": phase, "direction": "up", "bytes": size})
             if phase == "train":

@@ -117,6 +117,11 @@ class Method(ABC):
     def decode_up(self, record: ArrayRecord, state: State) -> State:
         """The delta a reply proposes for the global state; raises InvalidReply on anything malformed."""
 
+    def setting(self) -> str:
+        """Short label of the settings that change what travels (e.g. K5000, fp16, d0.01-ef): names
+        a run in `pranc-fed compare`."""
+        return "default"
+
     def fingerprint(self, model: nn.Module) -> str:
         """Identity of what the model's arrays mean; a mismatch drops the reply."""
         return f"{self.name}:{self.cfg.model.arch}:{sum(p.numel() for p in model.parameters())}"

@@ -16,6 +16,9 @@ class FedAvg(Method):
     name = "fedavg"
     wire_dtype = "float32"
 
+    def setting(self) -> str:
+        return {"float32": "fp32", "float16": "fp16"}[self.wire_dtype]
+
     def build_model(self, bundle: DatasetBundle, device: torch.device) -> nn.Module:
         return build_dense(self.cfg, bundle, device)
 

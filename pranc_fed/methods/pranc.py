@@ -18,6 +18,9 @@ class Pranc(Method):
     def build_model(self, bundle: DatasetBundle, device: torch.device) -> PrancModel:
         return build_pranc(self.cfg, bundle, device)
 
+    def setting(self) -> str:
+        return f"K{self.cfg.pranc.num_coeffs}" + ("-fp16" if self.cfg.pranc.alpha_dtype == "float16" else "")
+
     def fingerprint(self, model: PrancModel) -> str:
         return str(model.fingerprint)
 

@@ -1,0 +1,112 @@
+"""`pranc-fed compare`: the reports from hand-made rows (fast), and one tiny real comparison
+(three Flower simulations of 2 rounds on a 600-image MNIST subset, ~2-6 minutes on 2 CPUs)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from pranc_fed import cli
+from pranc_fed.compare import CSV_FIELDS, compare, is_done, plan, read_csv, report, summarize, write_csv
+from pranc_fed.config import ConfigError, config_to_dict
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "mnist_lenet.yaml"
+TINY = ["data.train_subset=600", "data.test_subset=200", "federation.num_clients=2", "federation.rounds=2",
+        "federation.min_train_clients=2", "methods.compare=[pranc, fedavg, topk]", "methods.compare_num_coeffs=[50]",
+        "methods.target_accuracy=0.2"]
+
+
+def _row(method, setting, rnd, up, down, acc, clients=2):
+    return {"method": method, "setting": setting, "round": rnd, "cum_up_bytes": up, "cum_down_bytes": down,
+            "cum_bytes": up + down, "test_accuracy": acc, "clients": clients, "received": clients}
+
+
+def test_plan_runs_pranc_once_per_k_with_identical_settings() -> None:
+    runs = plan(CONFIG, ["methods.compare=[pranc, fedavg, qsgd]", "methods.compare_num_coeffs=[100, 200]"])
+    assert [r.label for r in runs] == ["pranc-K100", "pranc-K200", "fedavg-fp32", "qsgd-s16"]
+    base = config_to_dict(runs[0].cfg)
+    for r in runs:
+        d = config_to_dict(r.cfg)
+        assert d["federation"]["method"] == r.method
+        for section in ("data", "model", "train"):
+            assert d[section] == base[section]
+        assert d["seed"] == base["seed"] and d["federation"]["rounds"] == base["federation"]["rounds"]
+
+
+def test_report_numbers_come_from_the_csv(tmp_path: Path) -> None:
+    rows = [_row("fedavg", "fp32", 1, 100_000, 100_000, 0.5), _row("fedavg", "fp32", 2, 200_000, 200_000, 0.8),
+            _row("pranc", "K50", 1, 400, 400, 0.3), _row("pranc", "K50", 2, 800, 800, 0.4)]
+    write_csv(rows, tmp_path / "comparison.csv")
+    report(tmp_path, target=0.7)
+    stats = {s["method"]: s for s in summarize(read_csv(tmp_path / "comparison.csv"), 0.7)}
+    assert stats["fedavg"]["mb_to_target"] == pytest.approx(0.4) and stats["fedavg"]["round_to_target"] == 2
+    assert stats["fedavg"]["up_bytes_per_client_round"] == 50_000
+    assert stats["pranc"]["mb_to_target"] is None and stats["pranc"]["total_mb"] == pytest.approx(0.0016)
+    md = (tmp_path / "comparison.md").read_text()
+    assert "| fedavg | fp32 | 2 | 0.8000 | 0.8000 | 0.400 | 0.400 | 2 | 50,000 | 50,000 |" in md
+    assert "| pranc | K50 | 2 | 0.4000 | 0.4000 | 0.002 | not reached | not reached | 200 | 200 |" in md
+    assert (tmp_path / "accuracy_vs_bytes.png").stat().st_size > 1000
+
+
+def test_resuming_into_a_folder_of_another_config_is_refused(tmp_path: Path) -> None:
+    run = plan(CONFIG, TINY)[0]
+    folder = tmp_path / run.label
+    folder.mkdir()
+    other = config_to_dict(run.cfg) | {"seed": 123}
+    (folder / "config.json").write_text(json.dumps(other))
+    (folder / "summary.json").write_text("{}")
+    with pytest.raises(ConfigError, match="different config"):
+        compare(CONFIG, TINY, tmp_path, simulate=lambda *a: pytest.fail("must not run"))
+
+
+def test_tiny_comparison_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    args = ["compare", str(CONFIG), "--out", str(out)] + [a for o in TINY for a in ("--set", o)]
+    assert cli.main(args) == 0
+    for name in ("comparison.csv", "comparison.md", "accuracy_vs_bytes.png"):
+        assert (out / name).stat().st_size > 0, name
+    with (out / "comparison.csv").open(newline="") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == CSV_FIELDS
+        rows = list(reader)
+    labels = [(r["method"], r["setting"], int(r["round"])) for r in rows]
+    assert sorted(labels) == sorted((m, s, rnd) for m, s in [("pranc", "K50"), ("fedavg", "fp32"),
+                                                              ("topk", "d0.01-ef")] for rnd in (1, 2))
+    by = {(r["method"], int(r["round"])): r for r in rows}
+    # same broadcast for the dense methods; topk's reply is far smaller than fedavg's; pranc's tiny
+    assert int(by["topk", 1]["cum_down_bytes"]) == pytest.approx(int(by["fedavg", 1]["cum_down_bytes"]), rel=1e-3)
+    assert int(by["topk", 1]["cum_up_bytes"]) < int(by["fedavg", 1]["cum_up_bytes"]) / 20
+    assert int(by["pranc", 2]["cum_bytes"]) < int(by["fedavg", 2]["cum_bytes"]) / 100
+    # comparison.md's final accuracies and totals are those of the CSV's last rounds
+    md = (out / "comparison.md").read_text()
+    for (method, rnd), r in by.items():
+        if rnd == 2:
+            line = next(line for line in md.splitlines() if line.startswith(f"| {method} |"))
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            assert float(cells[3]) == pytest.approx(float(r["test_accuracy"]), abs=1e-4)
+            assert float(cells[5]) == pytest.approx(int(r["cum_bytes"]) / 1e6, abs=1e-3)
+    assert re.search(r"Target test accuracy: 20\.00%", md)
+    # resuming runs nothing again
+    assert compare(CONFIG, TINY, out, simulate=lambda *a: pytest.fail("finished run was run again"), log=lambda m: 0)
+    assert read_csv(out / "comparison.csv") == [dict(r, round=int(r["round"]), cum_up_bytes=int(r["cum_up_bytes"]),
+                                                     cum_down_bytes=int(r["cum_down_bytes"]),
+                                                     cum_bytes=int(r["cum_bytes"]),
+                                                     test_accuracy=float(r["test_accuracy"]),
+                                                     clients=int(r["clients"]), received=int(r["received"]))
+                                                for r in rows]
+
+
+def test_a_finished_run_is_kept_when_only_the_comparison_list_changes(tmp_path: Path) -> None:
+    run = plan(CONFIG, TINY)[0]
+    folder = tmp_path / run.label
+    folder.mkdir()
+    saved = config_to_dict(run.cfg)
+    saved["out_dir"] = "/elsewhere"
+    saved["methods"] |= {"compare": ["pranc"], "compare_num_coeffs": [50, 70], "target_accuracy": 0.5}
+    (folder / "config.json").write_text(json.dumps(saved))
+    (folder / "summary.json").write_text("{}")
+    assert is_done(run, folder)

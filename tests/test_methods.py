@@ -1,0 +1,370 @@
+"""Each method's wire format, called directly (no Flower run): round trips, byte formulas,
+error feedback, unbiasedness, and rejection of malformed replies."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord
+
+from pranc_fed.config import METHODS as CONFIG_METHODS
+from pranc_fed.config import load_config
+from pranc_fed.methods import METHODS, InvalidReply
+from pranc_fed.methods.base import to_array
+from pranc_fed.methods.delta import RESIDUAL_KEY, pack_bits, packed_size, unpack_bits
+from pranc_fed.methods.qsgd import quantize
+from pranc_fed.models import build_model
+from pranc_fed.pranc import PrancModel
+
+DELTA_METHODS = ["topk", "qsgd", "signsgd"]
+
+
+def method(name: str, *overrides: str):
+    return METHODS[name](load_config(None, [f"federation.method={name}", *overrides]))
+
+
+def lenet() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model("lenet")
+
+
+def perturb(model: torch.nn.Module, scale: float = 0.01, seed: int = 1) -> None:
+    """Stand-in for local training: move every weight."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+
+
+def true_delta(m, model, start):
+    now = m.initial_state(model)
+    return {k: now[k] - start[k] for k in start}
+
+
+def payload(record: ArrayRecord) -> int:
+    return sum(len(record[k].data) for k in record.keys())
+
+
+def values(array: Array) -> np.ndarray:
+    """A raw Array's values (a writable copy)."""
+    return np.frombuffer(array.data, dtype=np.dtype(array.dtype).newbyteorder("<")).reshape(array.shape).copy()
+
+
+def replace(record: ArrayRecord, key: str, array: Array | None) -> ArrayRecord:
+    arrays = {k: record[k] for k in record.keys() if k != key}
+    if array is not None:
+        arrays[key] = array
+    return ArrayRecord(arrays)
+
+
+def test_every_configurable_method_is_registered() -> None:
+    assert set(CONFIG_METHODS) == set(METHODS)
+    for name in CONFIG_METHODS:
+        assert METHODS[name].name == name
+
+
+# ---------------------------------------------------------------- lossless and fp16 methods
+
+def test_fedavg_fp32_round_trip_is_exact() -> None:
+    m, model = method("fedavg"), lenet()
+    start = m.load_down(model, m.encode_down(m.initial_state(model)), {})
+    perturb(model)
+    delta = m.decode_up(m.encode_up(model, start, {}), start)
+    for k, v in true_delta(m, model, start).items():
+        np.testing.assert_array_equal(delta[k], v)
+
+
+def test_fedavg_fp16_round_trip_error_is_bounded() -> None:
+    m, model = method("fedavg_fp16"), lenet()
+    start = m.initial_state(model)
+    perturb(model)
+    record = m.encode_up(model, start, {})
+    assert payload(record) == 2 * 44_426
+    delta, now = m.decode_up(record, start), m.initial_state(model)
+    for k, v in true_delta(m, model, start).items():
+        bound = 2.0 ** -11 * (np.abs(now[k]) + np.abs(start[k])) + 1e-7  # half an fp16 ulp each side
+        assert (np.abs(delta[k] - v) <= bound).all()
+
+
+@pytest.fixture(scope="module")
+def pranc_model() -> PrancModel:
+    torch.manual_seed(0)
+    return PrancModel(build_model("lenet"), 16, seed=0, arch="lenet", cache="memory")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_pranc_round_trip(pranc_model: PrancModel, dtype: str) -> None:
+    m = method("pranc", "pranc.num_coeffs=16", f"pranc.alpha_dtype={dtype}")
+    with torch.no_grad():
+        pranc_model.alpha.zero_()
+    start = m.load_down(pranc_model, m.encode_down(m.initial_state(pranc_model)), {})
+    with torch.no_grad():
+        pranc_model.alpha.copy_(torch.linspace(-0.5, 0.7, 16))
+    record = m.encode_up(pranc_model, start, {})
+    assert payload(record) == 16 * np.dtype(dtype).itemsize
+    delta = m.decode_up(record, start)["alpha"]
+    expected = pranc_model.alpha.detach().numpy() - start["alpha"]
+    if dtype == "float32":
+        np.testing.assert_array_equal(delta, expected)
+    else:
+        assert np.abs(delta - expected).max() <= 2.0 ** -11 * 0.7
+
+
+# ---------------------------------------------------------------- compressed deltas: shared behaviour
+
+@pytest.mark.parametrize("name", DELTA_METHODS)
+def test_downlink_is_dense_fp32_and_exact(name: str) -> None:
+    m, model = method(name), lenet()
+    state = m.initial_state(model)
+    record = m.encode_down(state)
+    assert {record[k].dtype for k in record.keys()} == {"float32"}
+    assert payload(record) == 4 * 44_426
+    fresh = build_model("lenet")
+    start = m.load_down(fresh, record, {})
+    for k in state:
+        np.testing.assert_array_equal(start[k], state[k])
+        np.testing.assert_array_equal(fresh.state_dict()[k].numpy(), state[k])
+
+
+@pytest.mark.parametrize("name", DELTA_METHODS)
+def test_server_decodes_exactly_what_the_client_sent(name: str) -> None:
+    """decode_up(encode_up) is the client's own decompression, so error feedback is exact."""
+    m, model = method(name), lenet()
+    start = m.initial_state(model)
+    perturb(model)
+    memory: dict[str, np.ndarray] = {}
+    record = m.encode_up(model, start, memory)
+    delta = m.decode_up(record, start)
+    target = m.flatten(true_delta(m, model, start))
+    sent = m.flatten(delta)
+    if m.error_feedback:
+        np.testing.assert_allclose(memory[RESIDUAL_KEY], target - sent, atol=0, rtol=0)
+    else:
+        assert memory == {}
+    assert set(delta) == set(start) and all(delta[k].shape == start[k].shape for k in start)
+
+
+@pytest.mark.parametrize("name", ["topk", "signsgd"])
+def test_error_feedback_carries_the_residual(name: str) -> None:
+    """Over rounds, what was sent plus the final residual equals the sum of the true deltas."""
+    m = method(name)
+    model = lenet()
+    memory: dict[str, np.ndarray] = {}
+    total_true = total_sent = 0
+    for round_ in range(3):
+        start = m.initial_state(model)
+        perturb(model, seed=10 + round_)
+        residual_before = memory.get(RESIDUAL_KEY, 0)
+        record = m.encode_up(model, start, memory)
+        sent = m.flatten(m.decode_up(record, start))
+        true = m.flatten(true_delta(m, model, start))
+        # this round compressed true delta + previous residual
+        np.testing.assert_allclose(memory[RESIDUAL_KEY], true + residual_before - sent, atol=1e-7)
+        total_true, total_sent = total_true + true, total_sent + sent
+    np.testing.assert_allclose(total_sent + memory[RESIDUAL_KEY], total_true, atol=1e-6)
+    # the residual survives the client's memory store (numpy -> flwr Array -> numpy)
+    stored = ArrayRecord({k: Array(v) for k, v in memory.items()})
+    np.testing.assert_array_equal(stored[RESIDUAL_KEY].numpy(), memory[RESIDUAL_KEY])
+
+
+@pytest.mark.parametrize("name", ["topk", "signsgd"])
+def test_error_feedback_can_be_turned_off(name: str) -> None:
+    m, model = method(name, "methods.error_feedback=false"), lenet()
+    start = m.initial_state(model)
+    perturb(model)
+    memory: dict[str, np.ndarray] = {}
+    m.encode_up(model, start, memory)
+    assert memory == {}
+    assert m.setting().endswith("noef")
+
+
+def test_fingerprint_names_the_wire_settings() -> None:
+    model = lenet()
+    a = method("topk", "methods.topk_density=0.01").fingerprint(model)
+    b = method("topk", "methods.topk_density=0.02").fingerprint(model)
+    assert a != b
+    assert method("qsgd", "methods.qsgd_levels=4").fingerprint(model) != method("qsgd").fingerprint(model)
+
+
+# ---------------------------------------------------------------- topk
+
+def test_topk_keeps_exactly_k_largest() -> None:
+    m, model = method("topk", "methods.topk_density=0.01", "methods.error_feedback=false"), lenet()
+    start = m.initial_state(model)
+    perturb(model)
+    record = m.encode_up(model, start, {})
+    k = math.ceil(0.01 * 44_426)
+    assert m.k(44_426) == k == 445
+    assert payload(record) == 6 * k == m.payload_bytes(m.sizes(start))
+    sent = m.flatten(m.decode_up(record, start))
+    true = m.flatten(true_delta(m, model, start))
+    kept = np.flatnonzero(sent)
+    assert kept.size == k
+    assert np.abs(true[kept]).min() >= np.sort(np.abs(true))[-k]
+    np.testing.assert_array_equal(sent[kept], true[kept].astype(np.float16).astype(np.float32))
+
+
+# ---------------------------------------------------------------- bit packing, qsgd, signsgd
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 5, 8, 9, 13, 16, 32])
+def test_bit_packing_round_trip_and_size(bits: int) -> None:
+    rng = np.random.default_rng(bits)
+    for count in (0, 1, 7, 8, 9, 1001):
+        values = rng.integers(0, 2**bits, size=count, dtype=np.uint64).astype(np.uint32)
+        packed = pack_bits(values, bits)
+        assert packed.dtype == np.uint8 and packed.size == packed_size(count, bits) == math.ceil(count * bits / 8)
+        np.testing.assert_array_equal(unpack_bits(packed, count, bits, "x"), values)
+
+
+def test_bit_packing_rejects_bad_input() -> None:
+    with pytest.raises(ValueError):
+        pack_bits(np.array([4]), 2)
+    packed = pack_bits(np.array([1, 2, 3]), 2)  # 6 bits used of 8
+    packed[-1] |= 0x80
+    with pytest.raises(InvalidReply, match="padding"):
+        unpack_bits(packed, 3, 2, "x")
+    with pytest.raises(InvalidReply):
+        unpack_bits(np.zeros(2, np.uint8), 3, 2, "x")
+
+
+@pytest.mark.parametrize("levels", [1, 4, 16, 255])
+def test_qsgd_bytes_equal_the_formula(levels: int) -> None:
+    m, model = method("qsgd", f"methods.qsgd_levels={levels}"), lenet()
+    start = m.initial_state(model)
+    perturb(model)
+    record = m.encode_up(model, start, {})
+    tensors, n, bits = len(start), 44_426, levels.bit_length()
+    formula = 4 * tensors + math.ceil(n * bits / 8) + math.ceil(n / 8)
+    assert payload(record) == formula == m.payload_bytes(m.sizes(start))
+
+
+def test_signsgd_bytes_and_values() -> None:
+    m, model = method("signsgd", "methods.error_feedback=false"), lenet()
+    start = m.initial_state(model)
+    perturb(model)
+    record = m.encode_up(model, start, {})
+    assert payload(record) == 4 * len(start) + math.ceil(44_426 / 8) == m.payload_bytes(m.sizes(start))
+    delta, true = m.decode_up(record, start), true_delta(m, model, start)
+    for k in start:
+        scale = np.abs(true[k].astype(np.float64)).mean()
+        np.testing.assert_allclose(np.abs(delta[k]), scale, rtol=1e-6)
+        assert (np.sign(delta[k]) == np.where(true[k] < 0, -1, 1)).all()
+
+
+@pytest.mark.parametrize("levels", [2, 16])
+def test_qsgd_is_unbiased_with_bounded_variance(levels: int) -> None:
+    m = method("qsgd", f"methods.qsgd_levels={levels}")
+    sizes = [40, 7, 13]
+    v = np.random.default_rng(0).normal(size=sum(sizes)).astype(np.float32)
+    v[3] = 0.0
+    draws = 3000
+    decoded = np.stack([m.decompress(m.compress(v, sizes), sizes) for _ in range(draws)]).astype(np.float64)
+    offsets = np.cumsum([0, *sizes])
+    for t, n in enumerate(sizes):
+        block, x = decoded[:, offsets[t]:offsets[t + 1]], v[offsets[t]:offsets[t + 1]].astype(np.float64)
+        norm = np.linalg.norm(x)
+        # per-entry variance <= norm^2 / (4 s^2): the mean is within 5 standard errors
+        stderr = norm / (2 * levels) / math.sqrt(draws)
+        assert np.abs(block.mean(axis=0) - x).max() <= 5 * stderr
+        # Alistarh et al. Lemma 3.1: E||Q(v) - v||^2 <= min(n / s^2, sqrt(n) / s) ||v||^2
+        mse = ((block - x) ** 2).sum(axis=1).mean()
+        assert mse <= min(n / levels**2, math.sqrt(n) / levels) * norm**2 * 1.1
+        # every decoded entry is +-norm * l / s with an integer level
+        lv = np.abs(block) * levels / norm
+        np.testing.assert_allclose(lv, np.round(lv), atol=1e-4)
+    assert (decoded[:, 3] == 0).all()
+
+
+def test_qsgd_draws_differ_between_calls_but_runs_reproduce() -> None:
+    sizes, v = [50], np.linspace(-1, 1, 50).astype(np.float32)
+    a, b = method("qsgd"), method("qsgd")
+    first = [a.decompress(a.compress(v, sizes), sizes) for _ in range(3)]
+    again = [b.decompress(b.compress(v, sizes), sizes) for _ in range(3)]
+    assert not np.array_equal(first[0], first[1])
+    for x, y in zip(first, again):
+        np.testing.assert_array_equal(x, y)
+    norms, q, negative = quantize(v, sizes, 4, np.random.default_rng(0))
+    assert q.max() <= 4 and norms.dtype == np.float32 and negative.sum() == 25
+
+
+# ---------------------------------------------------------------- malformed replies
+
+def _valid(name: str):
+    m, model = method(name), lenet()
+    start = m.initial_state(model)
+    perturb(model)
+    return m, start, m.encode_up(model, start, {})
+
+
+def _mutations(name: str, m, start, record: ArrayRecord) -> dict[str, ArrayRecord]:
+    key = sorted(record.keys())[0]
+    arr = record[key]
+    first = values(arr)
+    raw = arr.data
+    cases = {
+        "missing key": replace(record, key, None),
+        "extra key": ArrayRecord({**{k: record[k] for k in record.keys()}, "extra": to_array(np.zeros(1, np.float32))}),
+        "wrong dtype": replace(record, key, to_array(first.astype(np.float64))),
+        "wrong shape": replace(record, key, to_array(first.ravel()[:-1].copy())),
+        "short data": replace(record, key, Array(dtype=arr.dtype, shape=tuple(arr.shape), stype=arr.stype,
+                                                 data=raw[:-1])),
+        "wrong stype": replace(record, key, Array(dtype=arr.dtype, shape=tuple(arr.shape), stype="numpy.ndarray",
+                                                  data=raw)),
+    }
+    floats = [k for k in record.keys() if record[k].dtype.startswith("float")]
+    for k in floats:
+        v = values(record[k])
+        v.flat[0] = np.nan
+        cases[f"NaN in {k}"] = replace(record, k, to_array(v))
+        v.flat[0] = np.inf
+        cases[f"Inf in {k}"] = replace(record, k, to_array(v))
+    if name == "topk":
+        idx = values(record["indices"])
+        bad = idx.copy()
+        bad[-1] = 44_426
+        cases["index out of range"] = replace(record, "indices", to_array(bad))
+        bad = idx.copy()
+        bad[0] = -1
+        cases["negative index"] = replace(record, "indices", to_array(bad))
+        bad = idx.copy()
+        bad[1] = bad[0]
+        cases["duplicate index"] = replace(record, "indices", to_array(bad))
+        cases["unsorted indices"] = replace(record, "indices", to_array(idx[::-1].copy()))
+    if name in ("qsgd", "signsgd"):
+        scale_key = "norms" if name == "qsgd" else "scales"
+        v = values(record[scale_key])
+        v[0] = -abs(v[0]) - 1
+        cases["negative scale"] = replace(record, scale_key, to_array(v))
+        signs = values(record["signs"])
+        signs[-1] |= 0x80  # 44426 = 8 * 5553 + 2: the last byte has 6 padding bits
+        cases["sign padding bits"] = replace(record, "signs", to_array(signs))
+    if name == "qsgd":
+        levels = values(record["levels"])
+        levels[0] |= 0x1F  # first 5-bit field = 31 > s = 16
+        cases["level above s"] = replace(record, "levels", to_array(levels))
+    return cases
+
+
+@pytest.mark.parametrize("name", DELTA_METHODS + ["fedavg", "fedavg_fp16"])
+def test_malformed_replies_raise_invalid_reply(name: str) -> None:
+    m, start, record = _valid(name)
+    m.decode_up(record, start)  # the valid one decodes
+    cases = _mutations(name, m, start, record)
+    assert len(cases) >= 6
+    for label, bad in cases.items():
+        with pytest.raises(InvalidReply):
+            m.decode_up(bad, start)
+            pytest.fail(f"{name}: {label} was accepted")
+
+
+def test_pranc_malformed_alpha_raises(pranc_model: PrancModel) -> None:
+    m = method("pranc", "pranc.num_coeffs=16")
+    start = m.initial_state(pranc_model)
+    for bad in (ArrayRecord({}), ArrayRecord({"alpha": to_array(np.zeros(15, np.float32))}),
+                ArrayRecord({"alpha": to_array(np.full(16, np.nan, np.float32))}),
+                ArrayRecord({"alpha": to_array(np.zeros(16, np.float16))})):
+        with pytest.raises(InvalidReply):
+            m.decode_up(bad, start)
