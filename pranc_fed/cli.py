@@ -53,6 +53,118 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0 if simulate(args.config, args.overrides, cfg, out) else 1
 
 
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from .data import load_dataset
+    from .deploy import deploy
+    if args.nodes is not None:  # N SuperNodes hold partitions 0..N-1: the config's clients follow
+        args.overrides = [*args.overrides, f"federation.num_clients={args.nodes}"]
+    cfg, out = _load(args)
+    load_dataset(cfg.data.dataset)  # a missing dataset fails here, before any process starts
+    if args.certs and not (args.tls or args.auth):
+        raise ConfigError("--certs is only used with --tls or --auth")
+    nodes = args.nodes or cfg.federation.num_clients
+    try:
+        return 0 if deploy(args.config, args.overrides, cfg, out, nodes, tls=args.tls, auth=args.auth,
+                           certs=args.certs) else 1
+    except RuntimeError as e:  # a process that did not start or connect; its log says why
+        print(f"pranc-fed: error: {e}", file=sys.stderr)
+        return 1
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare
+    from .data import load_dataset
+    cfg, out = _load(args)
+    load_dataset(cfg.data.dataset)  # a missing dataset fails here, before any process starts
+    return 0 if compare(args.config, args.overrides, out) else 1
+
+
+def _progress_printer(label: str):
+    """progress(done, total) on stderr: one updating line on a terminal, else a line every ~10%."""
+    import time
+    tty, state = sys.stderr.isatty(), {"shown": -1, "start": time.perf_counter()}
+
+    def progress(done: int, total: int) -> None:
+        tenth = done * 10 // max(total, 1)
+        if not tty and tenth == state["shown"] and done < total:
+            return
+        state["shown"] = tenth
+        line = f"{label}: {done:,}/{total:,} images ({done / max(total, 1):.0%}, {time.perf_counter() - state['start']:.1f}s)"
+        if tty:
+            print("\r" + line, end="\n" if done >= total else "", file=sys.stderr, flush=True)
+        else:
+            print(line, file=sys.stderr, flush=True)
+    return progress
+
+
+def _inference_device(name: str):
+    """The torch device for --device, or None after printing why it is not available."""
+    from .training import resolve_device
+    try:
+        return resolve_device(name)
+    except RuntimeError as e:  # e.g. cuda requested without a GPU
+        print(f"pranc-fed: error: {str(e).replace('train.device', '--device')}", file=sys.stderr)
+        return None
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    import json
+    from .inference import format_inspection, inspect_model
+    info = inspect_model(args.model)
+    print(json.dumps(info, indent=2) if args.json else format_inspection(info))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+    from .inference import evaluate_file
+    mode = "on the fly" if args.on_the_fly else "full reconstruction"
+    device = _inference_device(args.device)
+    if device is None:
+        return 2
+    result = evaluate_file(args.model, args.data, args.split, args.on_the_fly, args.batch_size, args.subset,
+                           args.seed, device,
+                           None if args.quiet else _progress_printer(f"evaluating ({mode})"))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}  on {result['examples']:,} "
+              f"{args.split} images of {result['data']} ({mode}; load {result['load_seconds']:.1f}s, "
+              f"eval {result['eval_seconds']:.1f}s)")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import json
+    from .inference import predict_file
+    device = _inference_device(args.device)
+    if device is None:
+        return 2
+    preds = predict_file(args.model, args.images, args.top_k, args.on_the_fly, args.batch_size, device)
+    if args.json:
+        print(json.dumps([p.to_dict() for p in preds], indent=2))
+    else:
+        for p in preds:
+            print(f"{p.path}  " + "  ".join(f"{name} ({prob:.3f})" for name, _, prob in p.top))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Basis engine benchmark: simulations/bench.py of the source checkout (see its docstring)."""
+    import importlib.util
+    path = Path(__file__).resolve().parents[1] / "simulations" / "bench.py"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: `pranc-fed bench` runs simulations/bench.py of a source "
+                                "checkout (pip install -e .)")
+    spec = importlib.util.spec_from_file_location("pranc_fed_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    argv = ["--out", str(args.out), "--models", args.models, "--repeats", str(args.repeats)]
+    argv += ["--variants", args.variants] if args.variants else []
+    argv += ["--max-gb", str(args.max_gb)] if args.max_gb else []
+    return bench.main(argv)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pranc-fed", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -64,6 +176,56 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("simulate", help="run the config as a Flower simulation")
     _config_args(p)
     p.set_defaults(run=cmd_simulate)
+    p = sub.add_parser("deploy", help="run the config on a local SuperLink and SuperNodes (real processes)")
+    _config_args(p)
+    p.add_argument("--nodes", type=int, help="number of SuperNodes (default: federation.num_clients)")
+    p.add_argument("--tls", action="store_true", help="TLS between SuperLink, SuperNodes and flwr (makes a CA "
+                   "and a certificate for 127.0.0.1 unless --certs names a folder with ca.crt, server.pem, server.key)")
+    p.add_argument("--auth", action="store_true", help="SuperNode authentication: per-node ECDSA keys registered "
+                   "with `flwr supernode register` (implies --tls)")
+    p.add_argument("--certs", type=Path, help="folder with ca.crt, server.pem and server.key to use for --tls")
+    p.set_defaults(run=cmd_deploy)
+    p = sub.add_parser("compare", help="run every method of methods.compare on one harness and compare "
+                                       "accuracy against bytes (resumable)")
+    _config_args(p)
+    p.set_defaults(run=cmd_compare)
+    # --- inference on a .pranc file (pranc_fed/inference.py)
+    p = sub.add_parser("inspect", help="show what a .pranc model file holds and verify it")
+    p.add_argument("model", help="a .pranc file")
+    p.add_argument("--json", action="store_true", help="print JSON (for scripts)")
+    p.set_defaults(run=cmd_inspect)
+    otf_help = ("generate each layer's weights from the seed just before it runs and drop them after "
+                "(memory-light; regenerates the weights for every batch, so it is slower)")
+    p = sub.add_parser("evaluate", help="accuracy and loss of a .pranc model on a dataset")
+    p.add_argument("model", help="a .pranc file")
+    p.add_argument("--data", required=True, metavar="NAME_OR_PATH",
+                   help="'mnist', a torchvision-layout root or an ImageFolder tree")
+    p.add_argument("--split", choices=("test", "train"), default="test")
+    p.add_argument("--on-the-fly", action="store_true", help=otf_help)
+    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--subset", type=int, metavar="N", help="evaluate on N examples drawn like data.test_subset")
+    p.add_argument("--seed", type=int, default=0, help="seed of --subset (default 0)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.set_defaults(run=cmd_evaluate)
+    p = sub.add_parser("predict", help="top-k class predictions of a .pranc model for image files")
+    p.add_argument("model", help="a .pranc file")
+    p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="PNG/JPEG files or folders of them")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--on-the-fly", action="store_true", help=otf_help)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    p.add_argument("--json", action="store_true", help="print the predictions as JSON")
+    p.set_defaults(run=cmd_predict)
+    p = sub.add_parser("bench", help="benchmark the basis engine (generation, expand/project, training step, "
+                                     "memory) against the official materialised-fp32 approach")
+    p.add_argument("--out", type=Path, default=Path("runs/bench"), help="folder for bench.json and bench.txt")
+    p.add_argument("--models", default="lenet,resnet20,resnet56", help="comma-separated subset of the default")
+    p.add_argument("--variants", help="comma-separated subset of official,fp32,fp16,bf16,per_layer,disk,none")
+    p.add_argument("--repeats", type=int, default=3, help="timed rounds per measurement (default 3)")
+    p.add_argument("--max-gb", type=float, help="largest basis to hold in memory (default 60%% of MemAvailable)")
+    p.set_defaults(run=cmd_bench)
     return parser
 
 

@@ -59,11 +59,12 @@ class FlowerRun:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def spawn(self, name: str, args: list[str]) -> subprocess.Popen:
-        """Start a process in its own session (so its children die with it), logging to log_dir/name.log."""
+    def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+        """Start a process in its own session (so its children die with it), logging to log_dir/name.log.
+        `env` adds to (or replaces values of) this run's environment."""
         log = (self.log_dir / f"{name}.log").open("w")
-        process = subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=APP_DIR,
-                                   start_new_session=True)
+        process = subprocess.Popen(args, env=self.env | (env or {}), stdout=log, stderr=subprocess.STDOUT,
+                                   cwd=APP_DIR, start_new_session=True)
         self.processes.append(process)
         return process
 
@@ -108,10 +109,10 @@ class FlowerRun:
         return subprocess.run([str(BIN_DIR / "flwr"), *args], env=self.env, cwd=APP_DIR, capture_output=True,
                               text=True, timeout=timeout)
 
-    def submit(self, run_config: dict[str, str], federation_config: str | None = None) -> int:
-        """`flwr run` the app; returns the run id."""
+    def submit(self, run_config: dict[str, str], federation_config: str | None = None, app: Path = APP_DIR) -> int:
+        """`flwr run` the app (this project unless `app` names another app folder); returns the run id."""
         config = " ".join(f"{k}={json.dumps(v)}" for k, v in run_config.items())
-        args = ["run", str(APP_DIR), "pranc", "--run-config", config, "--format", "json"]
+        args = ["run", str(app), "pranc", "--run-config", config, "--format", "json"]
         if federation_config:
             args += ["--federation-config", federation_config]
         result = self.flwr(*args)

@@ -1,0 +1,6 @@
+"""Shared pytest settings."""
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "deploy: starts real SuperLink/SuperNode processes on loopback "
+                                       "(slow; select with -m deploy, skip with -m 'not deploy')")

@@ -1,0 +1,59 @@
+"""Test-only ClientApp: pranc_fed's own client, except on nodes whose node config asks it to
+misbehave. Deployment tests run it from a separate app folder (see tests/test_deploy.py),
+so pranc_fed/client_app.py carries no test hooks.
+
+Node-config keys (flower-supernode --node-config):
+  poison="nan,fingerprint,raise"  what this node does in round 1, 2, 3, ... (cycled):
+                                  nan: alpha filled with NaN; fingerprint: a wrong basis
+                                  fingerprint in the reply; raise: training raises; none: honest
+  dump-dir="/path"                save every reply's alpha and num-examples there
+                                  (round-R.npz), so a test can recompute the global model
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from flwr.app import Array, Context, Message
+from flwr.clientapp import ClientApp
+
+from pranc_fed import client_app
+from pranc_fed.methods.base import to_array
+
+app = ClientApp()
+
+
+def _mode(context: Context, server_round: int) -> str:
+    modes = [m.strip() for m in str(context.node_config.get("poison", "none")).split(",") if m.strip()]
+    return modes[(server_round - 1) % len(modes)] if modes else "none"
+
+
+def _values(array: Array) -> np.ndarray:
+    """The values of a raw little-endian Array, as pranc_fed's methods write them."""
+    return np.frombuffer(array.data, dtype=np.dtype(array.dtype).newbyteorder("<")).reshape(array.shape)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    server_round = int(msg.content["config"]["server-round"])
+    mode = _mode(context, server_round)
+    if mode == "raise":
+        raise RuntimeError(f"poisoned client: training fails on purpose in round {server_round}")
+    reply = client_app.train(msg, context)
+    arrays = reply.content["arrays"]
+    if mode == "nan":
+        alpha = _values(arrays["alpha"]).copy()
+        alpha[::2] = np.nan
+        arrays["alpha"] = to_array(alpha)
+    elif mode == "fingerprint":
+        reply.content["config"]["fingerprint"] = "pranc-v1:lenet:d1:k1:global:s999:0000000000000000"
+    if dump := context.node_config.get("dump-dir"):
+        np.savez(Path(str(dump)) / f"round-{server_round}.npz", alpha=_values(arrays["alpha"]),
+                 num_examples=int(reply.content["metrics"]["num-examples"]))
+    return reply
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    return client_app.evaluate_val(msg, context)

@@ -1,0 +1,204 @@
+"""Real deployments on loopback: a flower-superlink and flower-supernode processes, free ports,
+private FLWR_HOME, everything stopped afterwards. Select with `pytest -m deploy`.
+
+Kept small for a shared 2-core machine: 3 nodes, 1-3 rounds, 900 MNIST training images and a
+K=200 per-layer basis (every message starts a fresh ClientApp process that regenerates it).
+Starting a federation costs a dozen Python processes, so the three insecure tests share one
+(module fixture; the test that kills a node runs last), and the TLS test goes through `deploy()`,
+the function behind `pranc-fed deploy`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pranc_fed.cli import main
+from pranc_fed.config import load_config
+from pranc_fed.deploy import Deployment, collect, deploy
+from pranc_fed.pranc import read_pranc_file
+from pranc_fed.runner import _alive, _descendants, run_config_for
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "mnist_lenet.yaml"
+SMALL = ["pranc.num_coeffs=200", "pranc.layout=per_layer", "data.train_subset=900", "data.test_subset=500",
+         "pranc.alpha_lr=0.03", "federation.local_steps=10", "train.batch_size=32", "federation.num_clients=3",
+         "federation.round_timeout=300"]
+RUN_TIMEOUT = 420  # seconds a whole run may take before a test gives up (the machine is shared)
+# Flower's framing per message on top of the RecordDict the ledger counts (see pranc_fed/deploy.py):
+# message metadata, object headers and 64-hex-digit object ids; 1.6-1.9 KB measured here.
+MAX_OVERHEAD_PER_MESSAGE = 4096
+# Node config of the shared federation: only the test-only ClientApp (tests/poisoned_client.py)
+# reads these keys; pranc_fed's own ClientApp ignores them, so with it all three nodes are honest.
+POISON = {0: 'poison="nan,fingerprint"', 1: 'poison="raise"', 2: 'dump-dir="{dumps}"'}
+
+
+def rounds(out: Path) -> list[dict]:
+    with (out / "rounds.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def replies(out: Path) -> list[dict]:
+    return json.loads((out / "summary.json").read_text())["replies"]
+
+
+def processes_of(deployment: Deployment) -> list[int]:
+    pids = [p.pid for p in deployment.processes]
+    return pids + [d for pid in pids for d in _descendants(pid)]
+
+
+def submit(deployment: Deployment, overrides: list[str], out: Path, app: Path | None = None) -> int:
+    return deployment.submit(run_config_for(CONFIG, overrides, out), **({"app": app} if app else {}))
+
+
+def finish(deployment: Deployment, run_id: int, out: Path) -> dict:
+    status = deployment.wait(run_id, timeout=RUN_TIMEOUT, done_file=out / "summary.json")
+    assert status == "finished:completed", f"{status}; logs in {deployment.log_dir}"
+    return collect(deployment, run_id, status, out, 3, 0.0, tls=False, auth=False)
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory):
+    """One insecure SuperLink with 3 SuperNodes for the module's insecure tests."""
+    root = tmp_path_factory.mktemp("federation")
+    dumps = root / "honest"
+    dumps.mkdir()
+    with Deployment(root / "deployment") as deployment:
+        deployment.start(3, {i: c.format(dumps=dumps) for i, c in POISON.items()})
+        yield deployment, root, dumps
+        pids = processes_of(deployment)
+    assert not [pid for pid in pids if _alive(pid)], "processes left running"
+
+
+@pytest.mark.deploy
+def test_three_supernodes_complete_and_report_superlink_traffic(federation):
+    deployment, root, _ = federation
+    out = root / "plain"
+    report = finish(deployment, submit(deployment, [*SMALL, "federation.rounds=3"], out), out)
+
+    accuracy = [float(r["test_accuracy"]) for r in rounds(out)]
+    assert len(accuracy) == 3 and accuracy[-1] > 0.2 and accuracy[-1] > accuracy[0], accuracy
+    assert [(r["sampled"], r["received"], r["dropped"]) for r in replies(out)] == [(3, 3, {})] * 3
+    # Both byte counts reported; the SuperLink's exceeds the ledger's by Flower's framing only.
+    summary = json.loads((out / "summary.json").read_text())
+    link, ledger, per = report["superlink"], report["ledger"], report["per_message_overhead"]
+    assert summary["deployment"]["superlink"] == link and summary["total_bytes"] == ledger["total_bytes"]
+    assert report["messages"] == {"up": 9, "down": 9}
+    assert link["outbound_bytes"] > ledger["down_bytes"] > 0 and link["inbound_bytes"] > ledger["up_bytes"] > 0
+    assert 0 < per["down"] <= MAX_OVERHEAD_PER_MESSAGE and 0 < per["up"] <= MAX_OVERHEAD_PER_MESSAGE, report
+
+
+@pytest.mark.deploy
+def test_poisoned_and_failing_clients_are_dropped_and_leave_the_global_model_alone(federation, tmp_path):
+    deployment, root, dumps = federation
+    # The same ServerApp with the test-only ClientApp, from an app folder of its own.
+    app = tmp_path / "app"
+    app.mkdir()
+    shutil.copy(Path(__file__).with_name("poisoned_client.py"), app)
+    (app / "pyproject.toml").write_text(POISONED_APP)
+    out = root / "poisoned"
+    run_id = submit(deployment, [*SMALL, "federation.rounds=2", "federation.min_train_clients=1"], out, app)
+    deployment.stream_logs(run_id, keep=lambda line: False)
+    finish(deployment, run_id, out)
+    time.sleep(1)  # the log stream's last lines
+
+    # Node 0 sends NaN alpha in round 1 and a wrong fingerprint in round 2; node 1 raises; node 2 is honest.
+    assert [(r["sampled"], r["received"], len(r["dropped"])) for r in replies(out)] == [(3, 1, 2), (3, 1, 2)]
+    reasons = [" ".join(r["dropped"].values()) for r in replies(out)]
+    assert "NaN" in reasons[0] and "fingerprint" in reasons[1], reasons
+    assert all("client error" in r and "fails on purpose" in r for r in reasons), reasons
+    assert (deployment.log_dir / "run.log").read_text().count("dropped train reply") == 4
+    # Only the honest reply counted: with server_lr 1 the global alpha is its round-2 alpha.
+    _, tensors = read_pranc_file(out / "model.pranc")
+    final, honest = tensors["alpha"].float().numpy(), np.load(dumps / "round-2.npz")["alpha"]
+    assert np.all(np.isfinite(final)) and np.allclose(final, honest, atol=1e-6)
+
+
+@pytest.mark.deploy
+def test_a_supernode_killed_after_round_one_does_not_stop_the_run(federation):
+    deployment, root, _ = federation  # runs last: it kills one of the shared nodes
+    out = root / "killed"
+    overrides = [*SMALL, "federation.rounds=2", "federation.min_train_clients=2", "federation.round_timeout=90"]
+    run_id = submit(deployment, overrides, out)
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while not ((out / "rounds.csv").is_file() and rounds(out)):
+        assert time.monotonic() < deadline, "round 1 never finished"
+        time.sleep(0.5)
+    dead = deployment.node_id("node-2")
+    deployment.kill_node("node-2")
+    report = finish(deployment, run_id, out)
+
+    # Round 2 went to all three nodes (the SuperLink marks a node offline only after two missed 30 s
+    # heartbeats); the dead node's reply is an error reply ("node unavailable") or missing (timeout).
+    result = replies(out)
+    assert [(r["sampled"], r["received"]) for r in result] == [(3, 3), (3, 2)], result
+    assert list(result[1]["dropped"]) == [dead] or report["missing_replies"] == {"2/train": [dead]}, result
+    assert len(rounds(out)) == 2
+
+
+@pytest.mark.deploy
+def test_tls_and_node_auth_complete_and_refuse_an_unregistered_node(tmp_path):
+    out = tmp_path / "run"
+    overrides = [*SMALL, "federation.rounds=1"]  # accuracy is the first test's business
+    seen = {}
+
+    def intruder(deployment: Deployment) -> None:
+        with pytest.raises(OSError):  # plain HTTP is not served
+            urllib.request.urlopen(f"http://{deployment.address}/health", timeout=5)
+        node = deployment.start_node("intruder", "partition-id=0 num-partitions=3", register=False)
+        seen["exit"] = node.wait(timeout=120)
+        seen["online"] = len(deployment.online())
+        seen["pids"] = processes_of(deployment)
+
+    assert deploy(CONFIG, overrides, load_config(CONFIG, overrides), out, nodes=3, tls=True, auth=True,
+                  timeout=RUN_TIMEOUT, on_ready=intruder)
+    assert seen["exit"] != 0 and seen["online"] == 3, seen
+    assert "No SuperNode found with the given public key" in (out / "logs" / "superlink.log").read_text()
+    report = json.loads((out / "deployment.json").read_text())
+    assert report["tls"] and report["auth"] and report["status"] == "finished:completed"
+    assert [r["received"] for r in replies(out)] == [3]
+    assert not [pid for pid in seen["pids"] if _alive(pid)], "processes left running"
+
+
+def test_deploy_fails_before_starting_anything_on_a_missing_dataset(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["deploy", str(CONFIG), "--nodes", "2", "--out", str(out), "--set", f"data.dataset={tmp_path / 'nope'}"])
+    assert code == 2 and not out.exists()
+    assert "error" in capsys.readouterr().err
+
+
+def test_deploy_fails_before_starting_anything_on_a_bad_config(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["deploy", str(CONFIG), "--nodes", "1", "--out", str(out)])  # min_train_clients=2 > 1 node
+    assert code == 2 and not out.exists()
+    assert "min_train_clients" in capsys.readouterr().err
+
+
+POISONED_APP = """\
+[build-system]
+requires = ["setuptools>=68"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "pranc-fed-poisoned"
+version = "0.1.0"
+description = "pranc-fed's ServerApp with a test-only ClientApp that misbehaves on request"
+dependencies = []
+
+[tool.flwr.app]
+publisher = "pranc-fed-tests"
+
+[tool.flwr.app.components]
+serverapp = "pranc_fed.server_app:app"
+clientapp = "poisoned_client:app"
+
+[tool.flwr.app.config]
+config-file = "configs/mnist_lenet.yaml"
+overrides = ""
+"""
