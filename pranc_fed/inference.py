@@ -1,0 +1,544 @@
+"""Use a received .pranc model: inspect it, evaluate it, predict with it.
+
+A .pranc file holds only the basis seed, alpha (K numbers) and the local state (BatchNorm);
+the weights theta = theta0 + B @ alpha are regenerated from the seed. Two ways to run it:
+
+* **full reconstruction** (``load_model(path)``): expand theta once and return the plain
+  ``nn.Module`` with the weights written into it. Fast per batch; holds every weight.
+* **on the fly** (``load_model(path, on_the_fly=True)``): an ``OnTheFlyModel`` whose conv/linear
+  layers own no weights. A forward pre-hook generates a layer's weights from the seed
+  (theta0[rows] + B[rows, :] @ alpha, streamed in row chunks of ``chunk_mb``) just before the
+  layer runs, and a forward hook drops them after, so at most one layer's weights (plus one
+  generator chunk) are alive at a time and theta is never held whole. Same logits as full
+  reconstruction (up to float32 summation order); every forward call regenerates all layers,
+  so it pays one full expansion per batch: use large batches.
+
+Python API::
+
+    import torch
+    from pranc_fed.inference import load_model, read_preprocessing, predict_images, inspect_model
+
+    net = load_model("model.pranc")                    # nn.Module in eval mode, weights written
+    lite = load_model("model.pranc", on_the_fly=True)  # OnTheFlyModel, same logits, ~one layer in memory
+    with torch.inference_mode():
+        logits = net(torch.randn(8, 1, 28, 28))
+    prep = read_preprocessing("model.pranc")           # data.Preprocessing the model was trained with
+    for p in predict_images(net, prep, ["digit.png", "more_digits/"], top_k=3):
+        print(p.path, p.top)                           # [(class name, index, probability), ...]
+    print(inspect_model("model.pranc"))                 # what the file holds, as a dict
+
+``load_model`` builds the architecture from the registry (``models.build_model``) with the
+file's ``model_args``; pass ``module=`` for a network of your own with the same structure.
+Every defect of the file (truncated, corrupted, unknown or mismatched architecture) raises
+``PrancFileError`` or ``FingerprintMismatch``; unreadable inputs raise ``ImageInputError``
+(a ``DatasetError``) or ``FileNotFoundError``.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from .basis import (_STREAM_THETA0, Basis, Fingerprint, FingerprintMismatch, Segment, covered_segments,
+                    make_blocks, unit_block)
+from .data import IMAGE_EXTENSIONS, DatasetError, Preprocessing, TensorImageDataset, make_loader, subset
+from .pranc import FILE_FORMAT, PrancFileError, PrancModel, read_pranc_file
+
+__all__ = ["ImageInputError", "OnTheFlyModel", "Prediction", "evaluate_model", "inspect_model", "load_model",
+           "predict_images", "read_preprocessing", "collect_images", "format_inspection"]
+
+DEFAULT_CHUNK_MB = 2.0  # generator temporaries: ~2x this, plus unit_block's fixed ~5 MB
+
+
+class ImageInputError(DatasetError):
+    """An input image that cannot be read, or a folder without images."""
+
+
+# ----------------------------------------------------------------------------- building
+
+
+class _SkipInitOnMeta(TorchFunctionMode):
+    """Skip in-place initialisation of meta tensors (there is no data to fill).
+
+    Building a model on the meta device costs nothing, except that ``normal_`` on meta runs a
+    Python reference that imports torch._dynamo (seconds, ~140 MB); this avoids it.
+    """
+
+    _INIT_OPS = frozenset({"normal_", "uniform_", "fill_", "zero_", "erfinv_", "mul_", "add_", "clamp_",
+                           "copy_", "exponential_", "bernoulli_", "random_"})
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if (getattr(func, "__name__", None) in self._INIT_OPS and args and isinstance(args[0], torch.Tensor)
+                and args[0].is_meta):
+            return args[0]
+        return func(*args, **(kwargs or {}))
+
+
+def build_module(header: dict[str, Any], path: str | Path, device: torch.device | str = "cpu") -> nn.Module:
+    """The file's architecture from the registry, with its model_args (meta device allowed)."""
+    from .models import build_model
+    try:
+        with torch.device(device), _SkipInitOnMeta():
+            return build_model(header["arch"], **header.get("model_args", {}))
+    except (ValueError, TypeError) as e:
+        raise PrancFileError(f"{path}: cannot build its architecture {header['arch']!r} with model_args "
+                             f"{header.get('model_args')}: {e}; pass module= for a model outside the registry") from None
+
+
+def _row_bounds(segments: Sequence[Segment], row0: int, row1: int, device: torch.device) -> torch.Tensor:
+    """b_i for theta rows [row0, row1) as float32 (the basis spec's per-layer init bound)."""
+    out = torch.empty(row1 - row0, dtype=torch.float32, device=device)
+    for s in segments:
+        a, b = max(row0, s.offset), min(row1, s.offset + s.numel)
+        if a < b:
+            out[a - row0:b - row0] = s.bound
+    return out
+
+
+class _StreamingBasis(Basis):
+    """The basis' metadata and fingerprint without any d-sized vector (theta0, bounds, scales).
+
+    ``Basis.__init__`` allocates theta0 and per-row scales for all d rows; on-the-fly inference
+    must not, so this class skips it: values come from the public ``unit_block`` times the
+    layer's bound (the spec's float32(b_i * u): u is exact in float32, so one float32 multiply
+    rounds the exact product once, as Basis does), theta0 is generated only for the rows the
+    fingerprint reads, and everything else is generated per layer (``layer_theta``). It reuses
+    ``Basis._fingerprint`` and must give the same fingerprint (tested).
+    """
+
+    _FINGERPRINT_ROWS = 64  # Basis._fingerprint reads theta0[:64] and B[:64, :8] of the first block
+
+    def __init__(self, segments: list[Segment], num_coeffs: int, seed: int, arch: str, layout: str = "global",
+                 device: torch.device | str = "cpu"):  # no super().__init__ on purpose (see above)
+        if num_coeffs < 1:
+            raise ValueError(f"num_coeffs must be >= 1, got {num_coeffs}")
+        self.segments, self.num_coeffs, self.seed, self.arch, self.layout = segments, num_coeffs, seed, arch, layout
+        self.dim = segments[-1].offset + segments[-1].numel
+        self.blocks = make_blocks(segments, num_coeffs, layout)
+        self.device = torch.device(device)
+        self._cached = None
+        self.theta0 = self._values(_STREAM_THETA0, 0, min(self.dim, self._FINGERPRINT_ROWS), 0, 1)[:, 0]
+        self.fingerprint = self._fingerprint()
+        del self.theta0  # nothing d-sized is kept
+
+    def _values(self, stream: int, row0: int, row1: int, col0: int, col1: int) -> torch.Tensor:
+        """float32(b_i * u) for rows [row0, row1) x cols [col0, col1)."""
+        u = unit_block(self.seed, row0, row1, col0, col1, self.device, stream)
+        return u.mul_(_row_bounds(self.segments, row0, row1, self.device)[:, None])
+
+    def _whole_theta(self, *args: Any) -> torch.Tensor:
+        raise NotImplementedError("a streaming basis generates one layer at a time: use layer_theta")
+
+    expand = project = matrix = chunks = _whole_theta
+
+    @torch.no_grad()
+    def layer_theta(self, alpha: torch.Tensor, row0: int, row1: int, chunk_bytes: int) -> torch.Tensor:
+        """theta[row0:row1] = theta0[rows] + B[rows, :] @ alpha, streamed in row chunks.
+
+        The same products as ``Basis.expand`` restricted to these rows (chunk boundaries differ,
+        so only the float32 summation order of the matrix-vector product can differ).
+        """
+        bounds = _row_bounds(self.segments, row0, row1, self.device)
+        theta = unit_block(self.seed, row0, row1, 0, 1, self.device, _STREAM_THETA0)[:, 0].mul_(bounds)
+        for block in self.blocks:
+            a, b = max(row0, block.row0), min(row1, block.row1)
+            if a >= b:
+                continue
+            cols = block.col1 - block.col0
+            # values (float32) + the generator's temporaries: 8 bytes per element, like Basis.chunks
+            step = max(4, chunk_bytes // (8 * cols) // 4 * 4)
+            coeffs = alpha[block.col0:block.col1]
+            for r0 in range(a, b, step):
+                r1 = min(b, r0 + step)
+                values = unit_block(self.seed, r0, r1, block.col0, block.col1, self.device)
+                values.mul_(bounds[r0 - row0:r1 - row0, None])
+                theta[r0 - row0:r1 - row0].addmv_(values, coeffs)
+                del values
+        return theta
+
+
+@dataclass
+class _Layer:
+    name: str
+    row0: int
+    row1: int
+    params: list[tuple[str, int, int, tuple[int, ...]]] = field(default_factory=list)  # (attr, start, stop, shape)
+
+
+class OnTheFlyModel(nn.Module):
+    """Inference wrapper that generates each conv/linear layer's weights just before it runs.
+
+    The wrapped module's covered parameters are removed (it owns no conv/linear weights); a
+    forward pre-hook on each such layer sets them as plain tensors computed from the seed, and a
+    forward hook deletes them after the layer ran. Local state (BatchNorm) stays in the module.
+    Inference only: the generated weights do not require grad (input gradients still flow).
+    """
+
+    def __init__(self, module: nn.Module, alpha: torch.Tensor, seed: int, arch: str, layout: str = "global",
+                 local_state: dict[str, torch.Tensor] | None = None, chunk_mb: float = DEFAULT_CHUNK_MB,
+                 device: torch.device | str = "cpu"):
+        super().__init__()
+        device = torch.device(device)
+        segments = covered_segments(module)
+        self.basis = _StreamingBasis(segments, int(alpha.numel()), seed, arch, layout, device)
+        self.chunk_bytes = int(chunk_mb * 2 ** 20)
+        self.register_buffer("alpha", alpha.detach().to(device, torch.float32).reshape(-1))
+        modules = dict(module.named_modules())
+        layers: dict[str, _Layer] = {}
+        for s in segments:
+            layer = layers.setdefault(s.layer, _Layer(s.layer, s.offset, s.offset))
+            if s.offset != layer.row1:
+                raise ValueError(f"parameters of layer {s.layer!r} are not contiguous in named_parameters() order")
+            attr = s.name[len(s.layer) + 1:] if s.layer else s.name
+            layer.params.append((attr, s.offset, s.offset + s.numel, s.shape))
+            layer.row1 = s.offset + s.numel
+            # The layer owns no weights between calls (None, as for a conv without bias; the hooks put
+            # plain tensors in the instance dict, which attribute lookup finds first).
+            modules[s.layer]._parameters[attr] = None
+        self.layers = list(layers.values())
+        self.live_bytes = 0  # bytes of generated weights alive right now (0 between layers)
+        self.peak_live_bytes = 0
+        for layer in self.layers:
+            target = modules[layer.name]
+            target.register_forward_pre_hook(self._make_pre_hook(layer))
+            target.register_forward_hook(self._make_post_hook(layer), always_call=True)
+        if any(t.is_meta for t in list(module.parameters()) + list(module.buffers())):
+            module.to_empty(device=device)
+        self.module = module.to(device)
+        if local_state is not None:
+            self.load_local_state(local_state)
+        self.eval()
+
+    def load_local_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Everything outside the basis (BatchNorm affine params and statistics), by state_dict name."""
+        device = self.alpha.device
+        try:
+            self.module.load_state_dict({n: t.to(device) for n, t in state.items()}, strict=True)
+        except RuntimeError as e:
+            raise ValueError(f"local state does not fit the module: {e}") from None
+
+    @classmethod
+    def from_file(cls, path: str | Path, module: nn.Module | None = None, expect: Any = None,
+                  chunk_mb: float = DEFAULT_CHUNK_MB, device: torch.device | str = "cpu") -> "OnTheFlyModel":
+        """Open a .pranc file without ever reconstructing the whole model."""
+        header, tensors = read_pranc_file(path)
+        if module is None:
+            module = build_module(header, path, "meta")  # no dense weights are ever allocated
+        alpha = tensors.pop("alpha")
+        try:
+            model = cls(module, alpha, header["seed"], header["arch"], header["layout"], None, chunk_mb, device)
+            model.basis.fingerprint.check(header["fingerprint"], what=f"{path} holds")  # before the local state
+            if expect is not None:
+                (Fingerprint.parse(expect) if isinstance(expect, str) else expect).check(
+                    model.basis.fingerprint, f"{path} holds")
+            model.load_local_state(tensors)
+        except FingerprintMismatch:
+            raise
+        except ValueError as e:
+            raise PrancFileError(f"{path} does not fit architecture {header['arch']!r}: {e}") from None
+        model.header = header
+        return model
+
+    @property
+    def fingerprint(self):
+        return self.basis.fingerprint
+
+    def layer_weights(self, layer: _Layer) -> dict[str, torch.Tensor]:
+        theta = self.basis.layer_theta(self.alpha, layer.row0, layer.row1, self.chunk_bytes)
+        return {attr: theta[a - layer.row0:b - layer.row0].view(shape) for attr, a, b, shape in layer.params}
+
+    def _make_pre_hook(self, layer: _Layer) -> Callable:
+        def pre_hook(target: nn.Module, args: Any) -> None:
+            weights = self.layer_weights(layer)
+            for attr, value in weights.items():
+                object.__setattr__(target, attr, value)
+            self.live_bytes += (layer.row1 - layer.row0) * 4
+            self.peak_live_bytes = max(self.peak_live_bytes, self.live_bytes)
+        return pre_hook
+
+    def _make_post_hook(self, layer: _Layer) -> Callable:
+        def post_hook(target: nn.Module, args: Any, output: Any) -> None:
+            for attr, *_ in layer.params:
+                target.__dict__.pop(attr, None)
+            self.live_bytes -= (layer.row1 - layer.row0) * 4
+        return post_hook
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
+
+    def extra_repr(self) -> str:
+        return (f"on the fly: {len(self.layers)} layers, {self.basis.dim:,} weights generated from "
+                f"{self.fingerprint}")
+
+    @property
+    def largest_layer_bytes(self) -> int:
+        """float32 bytes of the largest layer's weights: what is alive at most at once."""
+        return max(layer.row1 - layer.row0 for layer in self.layers) * 4
+
+
+# ------------------------------------------------------------------------------ loading
+
+
+def load_model(path: str | Path, on_the_fly: bool = False, device: torch.device | str = "cpu",
+               module: nn.Module | None = None, expect: Any = None, budget_mb: float = 64.0,
+               cache: str = "none", chunk_mb: float = DEFAULT_CHUNK_MB) -> nn.Module:
+    """A .pranc file as an nn.Module in eval mode, ready for inference.
+
+    on_the_fly=False: the registry architecture (or ``module``) with theta0 + B @ alpha written into
+    it (expanded once, streaming the basis in chunks of ``budget_mb``; ``cache="auto"`` keeps the
+    basis in memory when it fits, which only pays off if you expand again). on_the_fly=True: an
+    ``OnTheFlyModel`` (see the module docstring), chunks of ``chunk_mb``. ``expect`` (a fingerprint)
+    rejects a file made with another seed, K, layout or architecture. The result has the file's
+    header as ``.pranc_header``.
+    """
+    if on_the_fly:
+        net = OnTheFlyModel.from_file(path, module, expect, chunk_mb, device)
+        header = net.header
+    else:
+        header, _ = read_pranc_file(path)
+        if module is None:
+            module = build_module(header, path)
+        try:
+            pranc = PrancModel.load(path, module=module, expect=expect, device=device, budget_mb=budget_mb,
+                                    cache=cache)
+        except (PrancFileError, FingerprintMismatch):
+            raise
+        except ValueError as e:  # local state that does not fit the architecture
+            raise PrancFileError(f"{path} does not fit architecture {header['arch']!r}: {e}") from None
+        net = pranc.materialize()
+        for p in net.parameters():
+            p.requires_grad_(True)  # a plain module again (PrancModel froze the covered weights)
+        del pranc
+    net.eval()
+    net.pranc_header = header
+    return net
+
+
+def read_preprocessing(path_or_header: str | Path | dict[str, Any]) -> Preprocessing | None:
+    """The preprocessing recorded in a .pranc file (None when the file records none)."""
+    header = path_or_header if isinstance(path_or_header, dict) else read_pranc_file(path_or_header)[0]
+    prep = header.get("preprocessing")
+    if not prep:
+        return None
+    try:
+        return Preprocessing.from_dict(prep)
+    except (KeyError, TypeError, ValueError) as e:
+        raise PrancFileError(f"malformed preprocessing in the model file: {e!r}") from None
+
+
+# ------------------------------------------------------------------------------ inspect
+
+
+def _dense_state_dict_bytes(module: nn.Module) -> int:
+    """Size of torch.save(state_dict) for this architecture (uncompressed zip: values do not matter)."""
+    module = module.to_empty(device="cpu") if any(p.is_meta for p in module.parameters()) else module
+    sink = io.BytesIO()
+    torch.save(module.state_dict(), sink)
+    return sink.tell()
+
+
+def inspect_model(path: str | Path) -> dict[str, Any]:
+    """What a .pranc file holds; verifies its checksum and regenerates the basis fingerprint.
+
+    Raises PrancFileError (truncated, corrupted, unknown architecture) or FingerprintMismatch.
+    """
+    path = Path(path)
+    header, tensors = read_pranc_file(path)  # verifies the sha256 checksum
+    module = build_module(header, path, "meta")
+    segments = covered_segments(module)
+    basis = _StreamingBasis(segments, header["num_coeffs"], header["seed"], header["arch"], header["layout"])
+    basis.fingerprint.check(header["fingerprint"], what=f"{path} holds")
+    alpha = tensors.pop("alpha")
+    covered_names = {s.name for s in segments}
+    expected_local = {n for n in module.state_dict() if n not in covered_names}
+    if set(tensors) != expected_local:
+        raise PrancFileError(f"{path}: its local state does not fit architecture {header['arch']!r} "
+                             f"(missing {sorted(expected_local - set(tensors))}, "
+                             f"unexpected {sorted(set(tensors) - expected_local)})")
+    local_values = sum(t.numel() for t in tensors.values() if t.is_floating_point())
+    file_bytes = path.stat().st_size
+    dense = _dense_state_dict_bytes(module)
+    return {
+        "path": str(path), "file_bytes": file_bytes, "checksum": "ok", "file_format": FILE_FORMAT,
+        "spec": header["spec"], "arch": header["arch"], "model_args": header.get("model_args", {}),
+        "seed": header["seed"], "num_coeffs": header["num_coeffs"], "layout": header["layout"],
+        "fingerprint": header["fingerprint"], "fingerprint_verified": True,
+        "alpha_dtype": str(alpha.dtype).removeprefix("torch."), "alpha_bytes": alpha.numel() * alpha.element_size(),
+        "local_tensors": len(tensors), "local_values": local_values,
+        "local_bytes": sum(t.numel() * t.element_size() for t in tensors.values()),
+        "covered_params": basis.dim, "total_params": basis.dim + local_values,
+        "dense_state_dict_bytes": dense, "dense_over_file": dense / file_bytes,
+        "preprocessing": header.get("preprocessing"), "metadata": header.get("metadata", {}),
+    }
+
+
+def format_inspection(info: dict[str, Any]) -> str:
+    prep = info["preprocessing"]
+    args = ", ".join(f"{k}={v}" for k, v in info["model_args"].items())
+    if prep:
+        names = prep["class_names"]
+        shown = ", ".join(names[:10]) + (f", ... ({len(names)} classes)" if len(names) > 10 else "")
+        prep_line = (f"{'x'.join(map(str, prep['input_shape']))}, mean {[round(m, 4) for m in prep['mean']]}, "
+                     f"std {[round(s, 4) for s in prep['std']]}; classes: {shown}")
+    else:
+        prep_line = "none recorded (predict needs it)"
+    rows = [
+        ("file", f"{info['path']}  {info['file_bytes']:,} bytes, sha256 checksum ok"),
+        ("format", f"pranc file format {info['file_format']}, basis spec v{info['spec']}"),
+        ("architecture", f"{info['arch']} ({args})" if args else info["arch"]),
+        ("basis", f"seed {info['seed']}, K = {info['num_coeffs']:,}, layout {info['layout']}"),
+        ("fingerprint", f"{info['fingerprint']} (regenerated from the seed: ok)"),
+        ("alpha", f"{info['num_coeffs']:,} x {info['alpha_dtype']} ({info['alpha_bytes']:,} bytes)"),
+        ("local params", f"{info['local_tensors']} tensors, {info['local_values']:,} values "
+                         f"({info['local_bytes']:,} bytes)" if info["local_tensors"] else "none"),
+        ("expands to", f"{info['total_params']:,} parameters ({info['covered_params']:,} from the basis + "
+                       f"{info['local_values']:,} local)"),
+        ("dense model", f"{info['dense_state_dict_bytes']:,} bytes as torch.save(state_dict): "
+                        f"this file is {info['dense_over_file']:.1f}x smaller"),
+        ("preprocessing", prep_line),
+    ]
+    if info["metadata"]:
+        rows.append(("metadata", ", ".join(f"{k}={v}" for k, v in info["metadata"].items())))
+    return "\n".join(f"{k:<14} {v}" for k, v in rows)
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+def dataset_for_model(split: TensorImageDataset, prep: Preprocessing | None, num_classes: int | None,
+                      source: str = "the dataset") -> TensorImageDataset:
+    """The split normalised the way the model was trained; a clear error when it does not fit."""
+    if prep is None:
+        return split
+    shape = tuple(split.images.shape[1:])
+    if shape != prep.input_shape:
+        raise DatasetError(f"{source} has {'x'.join(map(str, shape))} images but the model takes "
+                           f"{'x'.join(map(str, prep.input_shape))} inputs: evaluate it on the data it was trained for")
+    top = int(split.labels.max()) + 1 if len(split) else 0
+    if num_classes is not None and top > num_classes:
+        raise DatasetError(f"{source} has labels up to {top - 1} but the model predicts {num_classes} classes")
+    return TensorImageDataset(split.images, split.labels, prep)
+
+
+@torch.inference_mode()
+def evaluate_model(net: nn.Module, dataset: TensorImageDataset, batch_size: int = 1000,
+                   device: torch.device | str = "cpu",
+                   progress: Callable[[int, int], None] | None = None) -> dict[str, float]:
+    """Cross-entropy loss and accuracy of ``net`` over ``dataset``; progress(done, total) after each batch."""
+    net.eval()
+    total_loss, correct, seen, n = 0.0, 0, 0, len(dataset)
+    for x, y in make_loader(dataset, batch_size, shuffle=False, device=device):
+        logits = net(x)
+        total_loss += nn.functional.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+        seen += len(y)
+        if progress is not None:
+            progress(seen, n)
+    return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1), "examples": seen}
+
+
+def evaluate_file(path: str | Path, data: str, split: str = "test", on_the_fly: bool = False,
+                  batch_size: int = 1000, limit: int | None = None, seed: int = 0,
+                  device: torch.device | str = "cpu", progress: Callable[[int, int], None] | None = None,
+                  **load_kwargs: Any) -> dict[str, Any]:
+    """`pranc-fed evaluate`: the model in ``path`` on ``split`` of dataset ``data``.
+
+    ``limit`` draws that many examples as ``data.test_subset`` does (``subset(..., seed)``).
+    """
+    from .data import load_dataset
+    if split not in ("test", "train"):
+        raise DatasetError(f"split must be test or train, got {split!r}")
+    header, _ = read_pranc_file(path)
+    bundle = load_dataset(data)
+    rows = bundle.test if split == "test" else bundle.train
+    if limit is not None:
+        rows = subset(rows, limit, seed)
+    prep = read_preprocessing(header)
+    rows = dataset_for_model(rows, prep, header.get("model_args", {}).get("num_classes"), f"{data} ({split})")
+    if prep is not None and tuple(prep.class_names) != tuple(bundle.preprocessing.class_names):
+        print(f"note: the dataset's class names differ from the model's; labels are compared by index",
+              file=sys.stderr)
+    started = time.perf_counter()
+    net = load_model(path, on_the_fly=on_the_fly, device=device, **load_kwargs)
+    loaded = time.perf_counter()
+    result = evaluate_model(net, rows, batch_size, device, progress)
+    return {**result, "model": str(path), "data": bundle.source, "split": split,
+            "mode": "on-the-fly" if on_the_fly else "full", "load_seconds": loaded - started,
+            "eval_seconds": time.perf_counter() - loaded}
+
+
+# ------------------------------------------------------------------------------ predict
+
+
+def collect_images(paths: Iterable[str | Path]) -> list[Path]:
+    """Image files named directly, plus every image under named folders (sorted, recursive)."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise FileNotFoundError(f"image path {p} does not exist")
+        if p.is_dir():
+            inside = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            if not inside:
+                raise ImageInputError(f"folder {p} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+            found.extend(inside)
+        else:
+            found.append(p)
+    return found
+
+
+def load_image(path: Path, prep: Preprocessing) -> torch.Tensor:
+    try:
+        with Image.open(path) as image:
+            return prep.image_to_tensor(image)
+    except (UnidentifiedImageError, OSError) as e:
+        raise ImageInputError(f"cannot read image {path}: {e}") from None
+
+
+@dataclass(frozen=True)
+class Prediction:
+    path: str
+    top: list[tuple[str, int, float]]  # (class name, class index, probability), most likely first
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "top": [{"class": c, "index": i, "probability": p} for c, i, p in self.top]}
+
+
+@torch.inference_mode()
+def predict_images(net: nn.Module, prep: Preprocessing, paths: Iterable[str | Path], top_k: int = 3,
+                   batch_size: int = 256, device: torch.device | str = "cpu") -> list[Prediction]:
+    """Top-k classes with softmax probabilities for image files and folders of images."""
+    files = collect_images(paths)
+    names = list(prep.class_names)
+    net.eval()
+    out: list[Prediction] = []
+    for start in range(0, len(files), batch_size):
+        batch = files[start:start + batch_size]
+        x = torch.stack([load_image(f, prep) for f in batch]).to(device)
+        probs = torch.softmax(net(x).float(), dim=1)
+        k = max(1, min(top_k, probs.shape[1]))
+        values, indices = probs.topk(k, dim=1)
+        for f, v, i in zip(batch, values.tolist(), indices.tolist()):
+            out.append(Prediction(str(f), [(names[j] if j < len(names) else str(j), j, p) for j, p in zip(i, v)]))
+    return out
+
+
+def predict_file(path: str | Path, images: Sequence[str | Path], top_k: int = 3, on_the_fly: bool = False,
+                 batch_size: int = 256, device: torch.device | str = "cpu", **load_kwargs: Any) -> list[Prediction]:
+    """`pranc-fed predict`: images are prepared with the preprocessing recorded in the file."""
+    prep = read_preprocessing(path)
+    if prep is None:
+        raise PrancFileError(f"{path} records no preprocessing (it was saved without preprocessing=...), "
+                             "so its input size and normalisation are unknown; re-save it with them")
+    collect_images(images)  # a missing path fails before the model is rebuilt
+    net = load_model(path, on_the_fly=on_the_fly, device=device, **load_kwargs)
+    return predict_images(net, prep, images, top_k, batch_size, device)
