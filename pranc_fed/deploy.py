@@ -224,30 +224,6 @@ class Deployment(FlowerRun):
                                    f"see the node logs in {self.log_dir}")
             time.sleep(0.3)
 
-    def wait(self, run_id: int, poll: float = 2.0, timeout: float | None = None, done_file: Path | None = None,
-             slow_poll: float = 15.0) -> str:
-        """Poll `flwr ls` until the run finishes; returns its final status (e.g. finished:completed).
-        With `done_file` (the ServerApp writes summary.json last) `flwr ls` is asked only every
-        `slow_poll` seconds until that file appears, then every `poll` seconds."""
-        if done_file is None:
-            return super().wait(run_id, poll, timeout)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        asked, since = 0.0, time.time() - 1
-
-        def done() -> bool:  # written by this run, not left over from an earlier one
-            return done_file.exists() and done_file.stat().st_mtime >= since
-
-        while True:
-            if done() or time.monotonic() - asked > slow_poll:
-                status, asked = self.status(run_id), time.monotonic()
-                if status.startswith("finished"):
-                    return status
-            if self.superlink.poll() is not None:
-                return f"superlink exited with code {self.superlink.returncode}"
-            if deadline is not None and time.monotonic() > deadline:
-                return "timed out"
-            time.sleep(poll if done() else 0.5)
-
     def node_id(self, name: str) -> str:
         """The node id the SuperLink gave a SuperNode (from its log), as the ledger and summary show it."""
         match = re.search(r"SuperNode ID: (\d+)", (self.log_dir / f"{name}.log").read_text(errors="replace"))

@@ -150,18 +150,27 @@ class FlowerRun:
 
         threading.Thread(target=forward, daemon=True).start()
 
-    def wait(self, run_id: int, poll: float = 2.0, timeout: float | None = None) -> str:
-        """Poll until the run finishes; returns its final status (e.g. finished:completed)."""
+    def wait(self, run_id: int, poll: float = 2.0, timeout: float | None = None, done_file: Path | None = None,
+             slow_poll: float = 15.0) -> str:
+        """Poll `flwr ls` until the run finishes; returns its final status (e.g. finished:completed).
+        With `done_file` (the ServerApp writes summary.json last) `flwr ls` is asked only every
+        `slow_poll` seconds until that file appears, then every `poll` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        asked, since = 0.0, time.time() - 1
+
+        def done() -> bool:  # written by this run, not left over from an earlier one
+            return done_file is None or (done_file.exists() and done_file.stat().st_mtime >= since)
+
         while True:
-            status = self.status(run_id)
-            if status.startswith("finished"):
-                return status
+            if done() or time.monotonic() - asked > slow_poll:
+                status, asked = self.status(run_id), time.monotonic()
+                if status.startswith("finished"):
+                    return status
             if self.superlink.poll() is not None:
                 return f"superlink exited with code {self.superlink.returncode}"
             if deadline is not None and time.monotonic() > deadline:
                 return "timed out"
-            time.sleep(poll)
+            time.sleep(poll if done() else 0.5)
 
     def stop(self) -> None:
         """Terminate everything started and all their descendants (Flower detaches some children
@@ -240,7 +249,7 @@ def simulate(config_path: str | Path, overrides: list[str], cfg, out: Path) -> b
         run_id = flower.submit(run_config_for(config_path, overrides, out), federation)
         print(f"[pranc-fed] simulation run {run_id} submitted; logs in {out / 'logs'}", flush=True)
         flower.stream_logs(run_id, show_progress)
-        status = flower.wait(run_id)
+        status = flower.wait(run_id, done_file=out / "summary.json")
         time.sleep(1)  # let the log stream flush the last lines
     print(f"[pranc-fed] run {run_id}: {status}", flush=True)
     return status == "finished:completed"
