@@ -54,8 +54,9 @@ Engines, caches and precision (none of them changes the definition above)
   the expand/project kernels and never stores it.
 * ``cache``: ``memory`` keeps the non-zero blocks of B in this process; ``disk`` writes them
   once to a read-only file keyed by the fingerprint (``$PRANC_FED_CACHE`` or
-  ``~/.cache/pranc-fed/basis``), written atomically under a lock, then memory-maps it, so
-  every process on the machine shares one copy through the page cache; ``none`` streams
+  ``~/.cache/pranc-fed/basis``; a 4096-byte JSON header, then the blocks row-major in
+  ``cache_dtype``), written atomically under a lock, then memory-maps it read-only, so every
+  process on the machine shares one copy through the page cache; ``none`` streams
   freshly generated chunks under ``budget_mb``; ``auto`` is ``memory`` when it fits the
   budget, else ``none``. A memory or disk cache must fit ``budget_mb``.
 * ``cache_dtype``: ``float32`` stores the exact values. ``bfloat16`` / ``float16`` store
@@ -625,8 +626,9 @@ class Basis:
     # -- disk cache
 
     def _cache_header(self) -> dict:
+        # the fingerprint fixes the segments, K and layout, hence the blocks and their order
         return {"magic": _CACHE_MAGIC, "fingerprint": str(self.fingerprint), "dtype": str(self.cache_dtype),
-                "blocks": [[b.row0, b.row1, b.col0, b.col1] for b in self.blocks]}
+                "nonzeros": self.nonzeros}
 
     def default_cache_path(self) -> Path:
         fp = self.fingerprint
@@ -697,8 +699,6 @@ class Basis:
                           "free; set PRANC_FED_CACHE to a larger disk or use cache: memory / none")
         tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
         header = json.dumps(self._cache_header()).encode()
-        if len(header) > _CACHE_HEADER:
-            raise ValueError("basis cache header too long (too many layers)")
         try:
             with open(tmp, "wb") as f:
                 f.write(header.ljust(_CACHE_HEADER, b"\0"))

@@ -15,18 +15,26 @@ batch 128), in one process, with the official approach run next to ours as the b
   reads, that rate, and the rate of torch.sum over the very same bytes (the cache tensor viewed as
   float32) measured in the same loop: ``frac_of_sum`` = sum time / product time.
 * one training step (forward, backward, Adam) of PRANC per variant and of the dense model, same
-  batch of random inputs; ``x_dense`` = PRANC step / dense step.
+  batch of random inputs.
 * memory: bytes of B each variant holds, and the process' peak RSS increase during its steps.
 * sharing: N processes open the LeNet disk cache at once; each reports the resident (Rss) and
   proportional (Pss) size of its mapping of the cache file: one copy means Pss ~ size / N.
 
 Variants: ``official`` (fp32 B, torch.matmul + autograd), ``fp32`` / ``fp16`` / ``bf16`` (our
-memory cache; products in float32 over L2 tiles on torch.get_num_threads() threads), ``disk``
-(fp32, memory-mapped file), ``per_layer`` (fp32 cache, block-diagonal layout at the same K),
-``none`` (no cache: every product regenerates B), and on a GPU ``triton`` (B generated inside
-the kernels) against ``official`` on the GPU. Timings are interleaved over --repeats rounds and
-reported as median and min (this machine is shared: min is the least disturbed run).
-Variants whose B does not fit --max-gb are skipped and say so.
+memory cache; fp32 products are one BLAS call, bf16/fp16 ones convert cache-sized tiles on
+torch.get_num_threads() worker threads), ``disk`` (fp32, memory-mapped file), ``per_layer``
+(fp32 cache, block-diagonal layout at the same K), ``none`` (no cache: every product regenerates
+B), and on a GPU ``triton`` (B generated inside the kernels) against ``official`` on the GPU.
+Variants whose B fit --max-gb together form a group and are timed in the same rounds: each round
+runs every variant's expand, project, torch.sum over the same bytes, and step, plus one dense
+step, so that a shared machine's load hits them alike. ``x_dense`` is the median over rounds of
+(step / dense step of that round); min/min compares best times. Variants that do not fit --max-gb
+alone are skipped and say so.
+
+    .venv/bin/python simulations/bench.py --accuracy configs/mnist_lenet.yaml --set train.epochs=1
+
+trains the config once per cache dtype (float32, float16, bfloat16) instead, and reports test
+accuracy with the basis it trained on and with the exact fp32 basis.
 """
 
 from __future__ import annotations
