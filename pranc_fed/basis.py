@@ -467,19 +467,24 @@ def addmv(out: torch.Tensor, values: torch.Tensor, vec: torch.Tensor) -> None:
         return
 
     def part(rows: tuple[int, int]) -> None:
-        r0, r1 = rows
-        step = _tile_rows(values)
-        buf = torch.empty(min(step, r1 - r0), values.shape[1], device=values.device)
-        for t0 in range(r0, r1, step):
-            t1 = min(r1, t0 + step)
-            tile = buf[:t1 - t0]
-            tile.copy_(values[t0:t1])
+        for t0, t1, tile in _float32_tiles(values, *rows):
             out[t0:t1].addmv_(tile, vec)
 
     if values.device.type != "cpu":
         part((0, values.shape[0]))
     else:
         _map(part, _row_parts(values.shape[0], values.shape[1]))
+
+
+def _float32_tiles(values: torch.Tensor, r0: int, r1: int):
+    """Rows [r0, r1) of a low-precision cache as float32 tiles small enough to stay in cache."""
+    step = _tile_rows(values)
+    buf = torch.empty(min(step, r1 - r0), values.shape[1], device=values.device)
+    for t0 in range(r0, r1, step):
+        t1 = min(r1, t0 + step)
+        tile = buf[:t1 - t0]
+        tile.copy_(values[t0:t1])
+        yield t0, t1, tile
 
 
 def addvm(out: torch.Tensor, vec: torch.Tensor, values: torch.Tensor) -> None:
@@ -491,12 +496,7 @@ def addvm(out: torch.Tensor, vec: torch.Tensor, values: torch.Tensor) -> None:
     def part(rows: tuple[int, int]) -> torch.Tensor:
         r0, r1 = rows
         acc = torch.zeros(values.shape[1], device=values.device)
-        step = _tile_rows(values)
-        buf = torch.empty(min(step, r1 - r0), values.shape[1], device=values.device)
-        for t0 in range(r0, r1, step):
-            t1 = min(r1, t0 + step)
-            tile = buf[:t1 - t0]
-            tile.copy_(values[t0:t1])
+        for t0, t1, tile in _float32_tiles(values, r0, r1):
             acc.addmv_(tile.T, vec[t0:t1])
         return acc
 
