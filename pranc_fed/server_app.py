@@ -81,15 +81,15 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path) -> dict:
 
 def _round_row(strategy: PrancFedStrategy, server_round: int, loss: float, accuracy: float, rows: list[dict],
                wall: float) -> dict:
-    stats = strategy.rounds[-1] if strategy.rounds and strategy.rounds[-1].round == server_round else None
-    up = (stats.up_bytes + stats.eval_up_bytes) if stats else 0
-    down = (stats.down_bytes + stats.eval_down_bytes) if stats else 0
+    stats = strategy.round_stats(server_round)  # a round that sent nothing still gets its (empty) stats
+    up = stats.up_bytes + stats.eval_up_bytes
+    down = stats.down_bytes + stats.eval_down_bytes
     cum_up = (rows[-1]["cum_up_bytes"] if rows else 0) + up
     cum_down = (rows[-1]["cum_down_bytes"] if rows else 0) + down
-    return {"round": server_round, "clients": stats.sampled if stats else 0, "received": stats.received if stats else 0,
-            "dropped": len(stats.dropped) if stats else 0, "up_bytes": up, "down_bytes": down,
+    return {"round": server_round, "clients": stats.sampled, "received": stats.received,
+            "dropped": len(stats.dropped), "up_bytes": up, "down_bytes": down,
             "cum_up_bytes": cum_up, "cum_down_bytes": cum_down, "cum_bytes": cum_up + cum_down,
-            "train_loss": stats.train_loss if stats else None, "test_accuracy": accuracy, "test_loss": loss,
+            "train_loss": stats.train_loss, "test_accuracy": accuracy, "test_loss": loss,
             "wall_seconds": round(wall, 3)}
 
 

@@ -91,7 +91,7 @@ class PrancFedStrategy(FedAvg):
         content = RecordDict({"arrays": self.method.encode_down(self.state),
                               "config": ConfigRecord({"server-round": server_round, "fingerprint": self.fingerprint})})
         size = record_bytes(content)
-        stats = self._stats(server_round)
+        stats = self.round_stats(server_round)
         for node in nodes:
             self.ledger.append({"round": server_round, "node": node, "phase": phase, "direction": "down", "bytes": size})
         if phase == "train":
@@ -101,7 +101,7 @@ class PrancFedStrategy(FedAvg):
         self.sent = [Message(content=content, message_type=message_type, dst_node_id=node) for node in nodes]
         return self.sent
 
-    def _stats(self, server_round: int) -> RoundStats:
+    def round_stats(self, server_round: int) -> RoundStats:
         if not self.rounds or self.rounds[-1].round != server_round:
             self.rounds.append(RoundStats(server_round))
         return self.rounds[-1]
@@ -130,7 +130,7 @@ class PrancFedStrategy(FedAvg):
 
     def _receive(self, server_round: int, replies: Iterable[Message], phase: str):
         """Yield (node, num-examples, metrics, arrays) of replies that pass the checks; log and count the rest."""
-        stats = self._stats(server_round)
+        stats = self.round_stats(server_round)
         # An error reply made by the SuperLink (e.g. "node unavailable" after a node died) comes
         # from the SuperLink's own id: name the node the instruction went to instead.
         sent_to = {m.metadata.message_id: m.metadata.dst_node_id for m in self.sent if m.metadata.message_id}
@@ -150,7 +150,7 @@ class PrancFedStrategy(FedAvg):
                 stats.dropped[str(node)] = str(e)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        stats = self._stats(server_round)
+        stats = self.round_stats(server_round)
         deltas, weights, losses = [], [], []
         for node, examples, metrics, arrays in self._receive(server_round, replies, "train"):
             try:
