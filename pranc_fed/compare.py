@@ -4,12 +4,20 @@ seeds; then one table of accuracy against cumulative bytes.
 
     DIR/<method>-<setting>/      one simulation each (rounds.csv, summary.json, ...); a folder that
                                  already holds summary.json of the same config is not run again
+    DIR/lr_search/               with methods.lr_search: one short run per method and lr multiplier
+    DIR/lr_search.csv            those runs' final accuracies and the lr each method then ran with
     DIR/comparison.csv           one row per run per round (columns CSV_FIELDS)
     DIR/comparison.md            per run: final accuracy, total MB, MB to the target accuracy,
                                  bytes per client per round up and down; computed from comparison.csv
     DIR/accuracy_vs_bytes.png    test accuracy against cumulative MB (log x), one line per run
 
 MB = 10^6 bytes, counted from the messages as Flower serialises them (both directions).
+
+Learning rates get the same search budget for every method: each multiplier of methods.lr_search
+scales the method's own lr (train.lr, or pranc.alpha_lr for pranc) for a run of
+methods.lr_search_rounds rounds, and the full run uses the one with the best final test accuracy
+(ties go to the earlier multiplier). The harness has no server-side validation split, so the search
+scores on the test set: fair between methods, slightly optimistic for all of them.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from pathlib import Path
 from .config import ConfigError, ExperimentConfig, config_to_dict, load_config
 from .methods import get_method
 
-CSV_FIELDS = ["method", "setting", "round", "cum_up_bytes", "cum_down_bytes", "cum_bytes", "test_accuracy",
+CSV_FIELDS = ["method", "setting", "lr", "round", "cum_up_bytes", "cum_down_bytes", "cum_bytes", "test_accuracy",
               "clients", "received"]
 MB = 1e6
 
@@ -34,10 +42,20 @@ class Run:
     setting: str
     overrides: list[str]  # the user's overrides plus this run's method settings
     cfg: ExperimentConfig
+    lr_key: str  # config key of the learning rate the method trains with
 
     @property
     def label(self) -> str:
         return f"{self.method}-{self.setting}"
+
+    @property
+    def lr(self) -> float:
+        section, key = self.lr_key.split(".")
+        return getattr(getattr(self.cfg, section), key)
+
+    def with_overrides(self, config_path: str | Path, *extra: str) -> Run:
+        overrides = [*self.overrides, *extra]
+        return Run(self.method, self.setting, overrides, load_config(config_path, overrides), self.lr_key)
 
 
 def plan(config_path: str | Path, overrides: list[str]) -> list[Run]:
@@ -50,14 +68,16 @@ def plan(config_path: str | Path, overrides: list[str]) -> list[Run]:
         for extra in variants:
             run_overrides = [*overrides, f"federation.method={name}", *extra]
             run_cfg = load_config(config_path, run_overrides)
-            runs.append(Run(name, get_method(run_cfg).setting(), run_overrides, run_cfg))
+            method = get_method(run_cfg)
+            runs.append(Run(name, method.setting(), run_overrides, run_cfg, method.lr_key))
     if not runs:
         raise ConfigError("methods.compare is empty: list at least one method")
     return runs
 
 
 # Keys that do not change what a run does: where it writes, and what the comparison lists and reports.
-NOT_RUN_SETTINGS = ("out_dir", "methods.compare", "methods.compare_num_coeffs", "methods.target_accuracy")
+NOT_RUN_SETTINGS = ("out_dir", "methods.compare", "methods.compare_num_coeffs", "methods.target_accuracy",
+                    "methods.lr_search", "methods.lr_search_rounds")
 
 
 def _run_settings(cfg: ExperimentConfig | dict) -> dict:
@@ -89,50 +109,90 @@ def compare(config_path: str | Path, overrides: list[str], out: Path,
     if simulate is None:
         from .runner import simulate
     out.mkdir(parents=True, exist_ok=True)
-    runs = plan(config_path, overrides)
-    failed = []
-    for i, run in enumerate(runs, 1):
-        folder = out / run.label
-        if is_done(run, folder):
-            log(f"[compare] {i}/{len(runs)} {run.label}: finished earlier, kept")
-            continue
-        log(f"[compare] {i}/{len(runs)} {run.label}: running into {folder}")
-        if not simulate(config_path, run.overrides, run.cfg, folder) or not (folder / "summary.json").exists():
-            log(f"[compare] {run.label}: run failed; see {folder / 'logs'}")
+    planned = plan(config_path, overrides)
+    runs, failed, trials = [], [], []
+    for i, run in enumerate(planned, 1):
+        step = f"{i}/{len(planned)} {run.label}"
+        tuned, tried = search_lr(config_path, run, out, simulate, lambda m: log(f"[compare] {step} {m}"))
+        trials += tried
+        if tuned and execute(config_path, tuned, out / run.label, simulate, lambda m: log(f"[compare] {step}: {m}")):
+            runs.append(tuned)
+        else:
             failed.append(run.label)
-    rows = collect(runs, out)
-    write_csv(rows, out / "comparison.csv")
-    report(out, runs[0].cfg.methods.target_accuracy, missing=failed)
+    if trials:
+        write_csv(trials, out / "lr_search.csv", LR_SEARCH_FIELDS)
+    else:  # a search table left by an earlier comparison in this folder would misdescribe this one
+        (out / "lr_search.csv").unlink(missing_ok=True)
+    write_csv(collect(runs, out), out / "comparison.csv")
+    report(out, planned[0].cfg.methods.target_accuracy, missing=failed)
     log(f"[compare] wrote {out / 'comparison.csv'}, {out / 'comparison.md'}, {out / 'accuracy_vs_bytes.png'}")
     return not failed
+
+
+def execute(config_path: str | Path, run: Run, folder: Path, simulate: Callable[..., bool], log) -> bool:
+    """Run into folder unless it already holds this exact run; True when it has finished."""
+    if is_done(run, folder):
+        log("finished earlier, kept")
+        return True
+    log(f"running into {folder}")
+    if not simulate(config_path, run.overrides, run.cfg, folder) or not (folder / "summary.json").exists():
+        log(f"run failed; see {folder / 'logs'}")
+        return False
+    return True
+
+
+LR_SEARCH_FIELDS = ["method", "setting", "multiplier", "lr", "rounds", "final_accuracy", "chosen"]
+
+
+def search_lr(config_path: str | Path, run: Run, out: Path, simulate: Callable[..., bool],
+              log) -> tuple[Run | None, list[dict]]:
+    """run at its best lr of methods.lr_search (see the module docstring) and the lr_search.csv rows;
+    None when every search run failed. Without a search (lr_search == [1.0]), run itself."""
+    search = run.cfg.methods
+    if search.lr_search == [1.0]:
+        return run, []
+    rows = []
+    for multiplier in dict.fromkeys(search.lr_search):
+        lr = float(f"{run.lr * multiplier:.6g}")
+        trial = run.with_overrides(config_path, f"{run.lr_key}={lr!r}",
+                                   f"federation.rounds={search.lr_search_rounds}")
+        folder = out / "lr_search" / f"{run.label}-lr{lr:g}"
+        if not execute(config_path, trial, folder, simulate, lambda m: log(f"lr {lr:g}: {m}")):
+            continue
+        accuracy = json.loads((folder / "summary.json").read_text())["final_test_accuracy"]
+        rows.append({"method": run.method, "setting": run.setting, "multiplier": multiplier, "lr": lr,
+                     "rounds": search.lr_search_rounds, "final_accuracy": accuracy, "chosen": False})
+    if not rows:
+        return None, []
+    best = max(rows, key=lambda r: r["final_accuracy"])  # max keeps the first of equals
+    best["chosen"] = True
+    log(f"lr {best['lr']:g} chosen (accuracy {best['final_accuracy']:.4f} after {best['rounds']} rounds)")
+    return run.with_overrides(config_path, f"{run.lr_key}={best['lr']!r}"), rows
 
 
 def collect(runs: list[Run], out: Path) -> list[dict]:
     """comparison.csv's rows from each finished run's rounds.csv."""
     rows = []
     for run in runs:
-        path = out / run.label / "rounds.csv"
-        if not (out / run.label / "summary.json").exists():
-            continue
-        with path.open(newline="") as f:
+        with (out / run.label / "rounds.csv").open(newline="") as f:
             for r in csv.DictReader(f):
-                rows.append({"method": run.method, "setting": run.setting, "round": int(r["round"]),
+                rows.append({"method": run.method, "setting": run.setting, "lr": run.lr, "round": int(r["round"]),
                              "cum_up_bytes": int(r["cum_up_bytes"]), "cum_down_bytes": int(r["cum_down_bytes"]),
                              "cum_bytes": int(r["cum_bytes"]), "test_accuracy": float(r["test_accuracy"]),
                              "clients": int(r["clients"]), "received": int(r["received"])})
     return rows
 
 
-def write_csv(rows: list[dict], path: Path) -> None:
+def write_csv(rows: list[dict], path: Path, fields: list[str] = CSV_FIELDS) -> None:
     with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
 
 
 def read_csv(path: Path) -> list[dict]:
     with path.open(newline="") as f:
-        return [{**r, "round": int(r["round"]), "cum_up_bytes": int(r["cum_up_bytes"]),
+        return [{**r, "lr": float(r["lr"]), "round": int(r["round"]), "cum_up_bytes": int(r["cum_up_bytes"]),
                  "cum_down_bytes": int(r["cum_down_bytes"]), "cum_bytes": int(r["cum_bytes"]),
                  "test_accuracy": float(r["test_accuracy"]), "clients": int(r["clients"]),
                  "received": int(r["received"])} for r in csv.DictReader(f)]
@@ -150,7 +210,7 @@ def summarize(rows: list[dict], target: float) -> list[dict]:
         reached = next((r for r in rs if r["test_accuracy"] >= target), None)
         received, sampled = sum(r["received"] for r in rs), sum(r["clients"] for r in rs)
         out.append({
-            "method": method, "setting": setting, "rounds": len(rs),
+            "method": method, "setting": setting, "lr": last["lr"], "rounds": len(rs),
             "final_accuracy": last["test_accuracy"], "best_accuracy": max(r["test_accuracy"] for r in rs),
             "total_mb": last["cum_bytes"] / MB,
             "mb_to_target": reached["cum_bytes"] / MB if reached else None,
@@ -174,18 +234,27 @@ def report(out: Path, target: float, missing: list[str] = ()) -> None:
         f"Target test accuracy: {target:.2%}. MB = 10^6 bytes as Flower serialises the messages; up = client "
         "replies, down = server broadcasts; per-client figures are averages over all rounds "
         "(up per reply received, down per client sampled). Computed from comparison.csv.", "",
-        "| method | setting | rounds | final acc | best acc | total MB | MB to target | round to target "
+        "| method | setting | lr | rounds | final acc | best acc | total MB | MB to target | round to target "
         "| up B/client/round | down B/client/round |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in stats:
         lines.append(
-            f"| {s['method']} | {s['setting']} | {s['rounds']} | {s['final_accuracy']:.4f} | {s['best_accuracy']:.4f} "
+            f"| {s['method']} | {s['setting']} | {s['lr']:g} | {s['rounds']} | {s['final_accuracy']:.4f} | {s['best_accuracy']:.4f} "
             f"| {s['total_mb']:.3f} | {_fmt(s['mb_to_target'], '.3f', 'not reached')} "
             f"| {_fmt(s['round_to_target'], 'd', 'not reached')} | {_fmt(s['up_bytes_per_client_round'], ',.0f')} "
             f"| {_fmt(s['down_bytes_per_client_round'], ',.0f')} |")
     if missing:
         lines += ["", f"Runs that did not complete (not in the table): {', '.join(missing)}."]
+    if (out / "lr_search.csv").exists():
+        lines += ["", "## Learning-rate search", "",
+                  "Each method's lr was scaled by every multiplier below for a short run; its full run above uses "
+                  "the lr of the best final test accuracy (chosen). From lr_search.csv.", "",
+                  "| method | setting | multiplier | lr | rounds | final acc | chosen |", "|---|---|---:|---:|---:|---:|---|"]
+        with (out / "lr_search.csv").open(newline="") as f:
+            for t in csv.DictReader(f):
+                lines.append(f"| {t['method']} | {t['setting']} | {float(t['multiplier']):g} | {float(t['lr']):g} "
+                             f"| {t['rounds']} | {float(t['final_accuracy']):.4f} | {'yes' if t['chosen'] == 'True' else ''} |")
     (out / "comparison.md").write_text("\n".join(lines) + "\n")
     plot(rows, target, out / "accuracy_vs_bytes.png")
 

@@ -111,6 +111,8 @@ class MethodsConfig:
     compare: list[str] = _f(list(METHODS), choices=METHODS)  # methods run by `pranc-fed compare`
     compare_num_coeffs: list[int] = _f([1000, 5000, 10000], ge=1)  # K values pranc is compared at
     target_accuracy: float = _f(0.97, gt=0, le=1)  # accuracy whose cost in bytes is reported
+    lr_search: list[float] = _f([1.0], gt=0)  # multipliers of each method's own lr tried before its run; [1.0] = none
+    lr_search_rounds: int = _f(2, ge=1)  # rounds of each lr-search run (the same budget for every method)
 
 
 @dataclass

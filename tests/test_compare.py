@@ -21,7 +21,7 @@ TINY = ["data.train_subset=600", "data.test_subset=200", "federation.num_clients
 
 
 def _row(method, setting, rnd, up, down, acc, clients=2):
-    return {"method": method, "setting": setting, "round": rnd, "cum_up_bytes": up, "cum_down_bytes": down,
+    return {"method": method, "setting": setting, "lr": 0.001, "round": rnd, "cum_up_bytes": up, "cum_down_bytes": down,
             "cum_bytes": up + down, "test_accuracy": acc, "clients": clients, "received": clients}
 
 
@@ -47,8 +47,8 @@ def test_report_numbers_come_from_the_csv(tmp_path: Path) -> None:
     assert stats["fedavg"]["up_bytes_per_client_round"] == 50_000
     assert stats["pranc"]["mb_to_target"] is None and stats["pranc"]["total_mb"] == pytest.approx(0.0016)
     md = (tmp_path / "comparison.md").read_text()
-    assert "| fedavg | fp32 | 2 | 0.8000 | 0.8000 | 0.400 | 0.400 | 2 | 50,000 | 50,000 |" in md
-    assert "| pranc | K50 | 2 | 0.4000 | 0.4000 | 0.002 | not reached | not reached | 200 | 200 |" in md
+    assert "| fedavg | fp32 | 0.001 | 2 | 0.8000 | 0.8000 | 0.400 | 0.400 | 2 | 50,000 | 50,000 |" in md
+    assert "| pranc | K50 | 0.001 | 2 | 0.4000 | 0.4000 | 0.002 | not reached | not reached | 200 | 200 |" in md
     assert (tmp_path / "accuracy_vs_bytes.png").stat().st_size > 1000
 
 
@@ -87,12 +87,12 @@ def test_tiny_comparison_end_to_end(tmp_path: Path) -> None:
         if rnd == 2:
             line = next(line for line in md.splitlines() if line.startswith(f"| {method} |"))
             cells = [c.strip() for c in line.strip("|").split("|")]
-            assert float(cells[3]) == pytest.approx(float(r["test_accuracy"]), abs=1e-4)
-            assert float(cells[5]) == pytest.approx(int(r["cum_bytes"]) / 1e6, abs=1e-3)
+            assert float(cells[4]) == pytest.approx(float(r["test_accuracy"]), abs=1e-4)
+            assert float(cells[6]) == pytest.approx(int(r["cum_bytes"]) / 1e6, abs=1e-3)
     assert re.search(r"Target test accuracy: 20\.00%", md)
     # resuming runs nothing again
     assert compare(CONFIG, TINY, out, simulate=lambda *a: pytest.fail("finished run was run again"), log=lambda m: 0)
-    assert read_csv(out / "comparison.csv") == [dict(r, round=int(r["round"]), cum_up_bytes=int(r["cum_up_bytes"]),
+    assert read_csv(out / "comparison.csv") == [dict(r, lr=float(r["lr"]), round=int(r["round"]), cum_up_bytes=int(r["cum_up_bytes"]),
                                                      cum_down_bytes=int(r["cum_down_bytes"]),
                                                      cum_bytes=int(r["cum_bytes"]),
                                                      test_accuracy=float(r["test_accuracy"]),
@@ -110,3 +110,58 @@ def test_a_finished_run_is_kept_when_only_the_comparison_list_changes(tmp_path: 
     (folder / "config.json").write_text(json.dumps(saved))
     (folder / "summary.json").write_text("{}")
     assert is_done(run, folder)
+
+
+def _fake_simulate(accuracy_of_lr):
+    """A stand-in for the Flower run that writes what a finished run leaves, with an accuracy that
+    depends only on the run's learning rate; records every run it was asked for."""
+    calls = []
+
+    def simulate(config_path, overrides, cfg, folder):
+        lr = cfg.pranc.alpha_lr if cfg.federation.method == "pranc" else cfg.train.lr
+        calls.append((cfg.federation.method, lr, cfg.federation.rounds, folder.name))
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text(json.dumps(config_to_dict(cfg)))
+        acc = accuracy_of_lr(cfg.federation.method, lr)
+        with (folder / "rounds.csv").open("w", newline="") as f:
+            w = csv.DictWriter(f, ["round", "clients", "received", "cum_up_bytes", "cum_down_bytes", "cum_bytes",
+                                   "test_accuracy"])
+            w.writeheader()
+            for rnd in range(1, cfg.federation.rounds + 1):
+                w.writerow({"round": rnd, "clients": 2, "received": 2, "cum_up_bytes": rnd, "cum_down_bytes": rnd,
+                            "cum_bytes": 2 * rnd, "test_accuracy": acc})
+        (folder / "summary.json").write_text(json.dumps({"final_test_accuracy": acc}))
+        return True
+
+    return simulate, calls
+
+
+def test_lr_search_gives_every_method_the_same_budget_and_runs_the_best(tmp_path: Path) -> None:
+    best = {"pranc": 0.0004, "fedavg": 0.003}  # pranc.alpha_lr 0.002 x 0.2; train.lr 0.001 x 3
+    simulate, calls = _fake_simulate(lambda method, lr: 0.9 - abs(lr - best[method]))
+    search = [*TINY, "methods.compare=[pranc, fedavg]", "methods.lr_search=[0.2, 1, 3]", "methods.lr_search_rounds=1"]
+    assert compare(CONFIG, search, tmp_path, simulate=simulate, log=lambda m: 0)
+    trials = [c for c in calls if c[2] == 1]
+    assert sorted((m, lr) for m, lr, *_ in trials) == sorted(
+        [("pranc", 0.0004), ("pranc", 0.002), ("pranc", 0.006), ("fedavg", 0.0002), ("fedavg", 0.001),
+         ("fedavg", 0.003)])
+    full = {m: lr for m, lr, rounds, _ in calls if rounds == 2}
+    assert full == best
+    rows = read_csv(tmp_path / "comparison.csv")
+    assert {(r["method"], r["lr"]) for r in rows} == set(best.items())
+    with (tmp_path / "lr_search.csv").open(newline="") as f:
+        chosen = {(r["method"], float(r["lr"])) for r in csv.DictReader(f) if r["chosen"] == "True"}
+    assert chosen == set(best.items())
+    md = (tmp_path / "comparison.md").read_text()
+    assert "## Learning-rate search" in md and "| fedavg | fp32 | 3 | 0.003 | 1 | 0.9000 | yes |" in md
+    # resuming reruns nothing, neither the search nor the full runs
+    calls.clear()
+    assert compare(CONFIG, search, tmp_path, simulate=simulate, log=lambda m: 0) and calls == []
+
+
+def test_without_a_search_no_search_table_is_left(tmp_path: Path) -> None:
+    (tmp_path / "lr_search.csv").write_text("stale")
+    simulate, calls = _fake_simulate(lambda method, lr: 0.5)
+    assert compare(CONFIG, [*TINY, "methods.compare=[fedavg]"], tmp_path, simulate=simulate, log=lambda m: 0)
+    assert len(calls) == 1 and not (tmp_path / "lr_search.csv").exists()
+    assert "Learning-rate search" not in (tmp_path / "comparison.md").read_text()

@@ -85,6 +85,7 @@ class Method(ABC):
     """A communication method: see the module docstring for the round protocol."""
 
     name: str = ""
+    lr_key = "train.lr"  # the config key of the learning rate this method trains with
 
     def __init__(self, cfg: ExperimentConfig):
         self.cfg = cfg

@@ -14,6 +14,7 @@ from .base import Method, State, decode_state, to_array
 
 class Pranc(Method):
     name = "pranc"
+    lr_key = "pranc.alpha_lr"
 
     def build_model(self, bundle: DatasetBundle, device: torch.device) -> PrancModel:
         return build_pranc(self.cfg, bundle, device)
