@@ -70,6 +70,7 @@ class PrancConfig:
     alpha_dtype: str = _f("float32", choices=("float32", "float16"))  # dtype of alpha on the wire and in .pranc files
     basis_budget_mb: float = _f(2048.0, gt=0)  # memory the basis may use before streaming in chunks
     cache: str = _f("auto", choices=("auto", "memory", "disk", "none"))  # where a materialised basis is kept
+    cache_dtype: str = _f("float32", choices=("float32", "bfloat16", "float16"))  # cached basis precision; half the bytes
     share_local_params: bool = _f(True)  # send norm-layer params/stats; False keeps them on the client (FedBN)
     alpha_lr: float = _f(0.002, gt=0)  # Adam learning rate of alpha
 

@@ -44,13 +44,13 @@ class PrancFileError(ValueError):
 class PrancModel(nn.Module):
     def __init__(self, module: nn.Module, num_coeffs: int, seed: int = 0, arch: str | None = None,
                  layout: str = "global", budget_mb: float = 2048, cache: str = "auto",
-                 device: torch.device | str | None = None):
+                 device: torch.device | str | None = None, cache_dtype: str = "float32"):
         super().__init__()
         device = torch.device(device) if device is not None else next(module.parameters()).device
         self.arch = arch or type(module).__name__.lower()
         self.module = module.to(device)
         self.basis = Basis.for_module(module, num_coeffs, seed, self.arch, layout=layout,
-                                      budget_mb=budget_mb, cache=cache, device=device)
+                                      budget_mb=budget_mb, cache=cache, device=device, cache_dtype=cache_dtype)
         self.alpha = nn.Parameter(torch.zeros(num_coeffs, device=device))
         self.covered_names = [s.name for s in self.basis.segments]
         covered = set(self.covered_names)

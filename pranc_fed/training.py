@@ -39,7 +39,8 @@ def build_dense(cfg: ExperimentConfig, bundle: DatasetBundle, device: torch.devi
 def build_pranc(cfg: ExperimentConfig, bundle: DatasetBundle, device: torch.device) -> PrancModel:
     p = cfg.pranc
     return PrancModel(build_dense(cfg, bundle, device), p.num_coeffs, p.basis_seed, cfg.model.arch,
-                      layout=p.layout, budget_mb=p.basis_budget_mb, cache=p.cache, device=device)
+                      layout=p.layout, budget_mb=p.basis_budget_mb, cache=p.cache, device=device,
+                      cache_dtype=p.cache_dtype)
 
 
 def make_optimizer(model: nn.Module, cfg: ExperimentConfig) -> torch.optim.Optimizer:

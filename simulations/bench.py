@@ -439,19 +439,11 @@ def precision_accuracy(out_dir: Path, config: str, overrides: list[str], dtypes:
     bundle = load_dataset(cfg.data.dataset)
     train = bundle.train if cfg.data.train_subset is None else subset(bundle.train, cfg.data.train_subset, cfg.seed)
     tests = test_loader(cfg, bundle)
-    exact_cache: list[torch.Tensor] | None = None
     rows = {}
     for dtype_name in dtypes:
         started = time.perf_counter()
+        cfg = load_config(config, [*overrides, f"pranc.cache_dtype={dtype_name}", "pranc.cache=memory"])
         model = build_pranc(cfg, bundle, device)
-        exact = model.basis
-        if not exact.is_cached:
-            raise SystemExit("precision_accuracy needs the fp32 basis in memory: raise pranc.basis_budget_mb")
-        exact_cache = exact._cached
-        dtype = basis_mod.CACHE_DTYPES[dtype_name]
-        if dtype != torch.float32:
-            model.basis = adopt_cache(Basis(exact.segments, exact.num_coeffs, exact.seed, exact.arch, layout=exact.layout,
-                                            cache="none"), [t.to(dtype) for t in exact_cache], dtype)
         optimizer = make_optimizer(model, cfg)
         history = []
         for epoch in range(1, cfg.train.epochs + 1):
@@ -461,7 +453,8 @@ def precision_accuracy(out_dir: Path, config: str, overrides: list[str], dtypes:
             log(f"  {dtype_name}: epoch {epoch} train loss {loss:.4f} test acc {history[-1]['test_accuracy']:.4f}")
         own = history[-1]["test_accuracy"]
         theta_own = model.basis.expand(model.alpha.detach())
-        model.basis = exact
+        model.basis = exact = Basis(model.basis.segments, model.num_coeffs, model.basis.seed, model.arch,
+                                    layout=model.basis.layout, cache="none")
         theta_exact = exact.expand(model.alpha.detach())
         moved = ((theta_own - theta_exact).norm() / (theta_exact - exact.theta0).norm()).item()
         rows[dtype_name] = {"test_accuracy_own_basis": own, "test_accuracy_exact_basis": evaluate(model, tests, device)[1],

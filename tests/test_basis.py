@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -284,6 +285,16 @@ def test_cache_budget_and_bad_options() -> None:
     for kwargs in ({"cache": "ram"}, {"cache_dtype": "int8"}, {"engine": "cuda"}):
         with pytest.raises(ValueError, match="choose one of"):
             Basis.for_module(model, 10, SEED, "lenet", **kwargs)
+
+
+def test_config_cache_dtype_reaches_the_basis() -> None:
+    from pranc_fed.config import load_config
+    from pranc_fed.data import load_dataset
+    from pranc_fed.training import build_pranc
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "mnist_lenet.yaml",
+                      ["pranc.num_coeffs=20", "pranc.cache=memory", "pranc.cache_dtype=bfloat16"])
+    model = build_pranc(cfg, load_dataset("mnist"), torch.device("cpu"))
+    assert model.basis.cache_dtype == torch.bfloat16 and model.basis._cached[0].dtype == torch.bfloat16
 
 
 # ------------------------------------------------------------ Triton engine, interpreted on the CPU

@@ -151,6 +151,7 @@ def test_out_of_range(override, expected):
         ("data.partition=random", r"data.partition: 'random' .*iid, dirichlet, pathological"),
         ("federation.method=fedprox", r"federation.method: 'fedprox' .*pranc, fedavg"),
         ("pranc.alpha_dtype=bfloat16", r"pranc.alpha_dtype: 'bfloat16' .*float32, float16"),
+        ("pranc.cache_dtype=int8", r"pranc.cache_dtype: 'int8' .*float32, bfloat16, float16"),
         ("methods.compare=[pranc, sgd]", r"methods.compare\[1\]: 'sgd' .*topk"),
         ("train.device=tpu", r"train.device: 'tpu' .*auto, cpu, cuda or cuda:N"),
         ("train.device=cuda:x", r"train.device: 'cuda:x'"),
