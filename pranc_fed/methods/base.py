@@ -53,6 +53,12 @@ def from_array(array: Array, name: str, dtype: str, shape: tuple[int, ...]) -> n
     return np.frombuffer(array.data, dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape).astype(dtype)
 
 
+def float_state(tensors: dict[str, torch.Tensor]) -> State:
+    """float32 copies of the floating-point tensors. Integer buffers (BatchNorm's num_batches_tracked)
+    are bookkeeping, not model state, so they neither travel nor get averaged."""
+    return {k: v.detach().cpu().numpy().astype(np.float32) for k, v in tensors.items() if v.is_floating_point()}
+
+
 def check_keys(record: ArrayRecord, expected: set[str]) -> None:
     got = set(record.keys())
     if got != expected:

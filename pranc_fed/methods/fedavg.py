@@ -9,7 +9,7 @@ from torch import nn
 
 from ..data import DatasetBundle
 from ..training import build_dense
-from .base import Method, State, decode_state, to_array
+from .base import Method, State, decode_state, float_state, to_array
 
 
 class FedAvg(Method):
@@ -23,9 +23,7 @@ class FedAvg(Method):
         return build_dense(self.cfg, bundle, device)
 
     def initial_state(self, model: nn.Module) -> State:
-        # Integer buffers (BatchNorm's num_batches_tracked) are bookkeeping, not model state.
-        return {k: v.detach().cpu().numpy().astype(np.float32)
-                for k, v in model.state_dict().items() if v.is_floating_point()}
+        return float_state(model.state_dict())
 
     def encode_down(self, state: State) -> ArrayRecord:
         return ArrayRecord({k: to_array(v.astype(self.wire_dtype)) for k, v in state.items()})

@@ -9,7 +9,7 @@ from flwr.app import ArrayRecord
 from ..data import DatasetBundle
 from ..pranc import PrancModel
 from ..training import build_pranc
-from .base import Method, State, decode_state, to_array
+from .base import Method, State, decode_state, float_state, to_array
 
 
 class Pranc(Method):
@@ -25,18 +25,14 @@ class Pranc(Method):
     def fingerprint(self, model: PrancModel) -> str:
         return str(model.fingerprint)
 
-    def _shared_local(self, model: PrancModel) -> dict[str, torch.Tensor]:
-        # Integer buffers (BatchNorm's num_batches_tracked) are bookkeeping, not model state.
-        if not self.cfg.pranc.share_local_params:
-            return {}
-        return {k: v for k, v in model.local_state().items() if v.is_floating_point()}
+    def _shared_local(self, model: PrancModel) -> State:
+        return float_state(model.local_state()) if self.cfg.pranc.share_local_params else {}
 
     def _wire(self, alpha: np.ndarray) -> np.ndarray:
         return alpha.astype(self.cfg.pranc.alpha_dtype)
 
     def initial_state(self, model: PrancModel) -> State:
-        state = {"alpha": model.alpha.detach().cpu().numpy().astype(np.float32)}
-        return state | {k: v.cpu().numpy().astype(np.float32) for k, v in self._shared_local(model).items()}
+        return {"alpha": model.alpha.detach().cpu().numpy().astype(np.float32)} | self._shared_local(model)
 
     def encode_down(self, state: State) -> ArrayRecord:
         return ArrayRecord({k: to_array(self._wire(v) if k == "alpha" else v) for k, v in state.items()})
