@@ -466,7 +466,7 @@ def evaluate_file(path: str | Path, data: str, split: str = "test", on_the_fly: 
     prep = read_preprocessing(header)
     rows = dataset_for_model(rows, prep, header.get("model_args", {}).get("num_classes"), f"{data} ({split})")
     if prep is not None and tuple(prep.class_names) != tuple(bundle.preprocessing.class_names):
-        print(f"note: the dataset's class names differ from the model's; labels are compared by index",
+        print("note: the dataset's class names differ from the model's; labels are compared by index",
               file=sys.stderr)
     started = time.perf_counter()
     net = load_model(path, on_the_fly=on_the_fly, device=device, **load_kwargs)

@@ -22,7 +22,6 @@ from pranc_fed.basis import (
     Fingerprint,
     FingerprintMismatch,
     covered_segments,
-    expand_differentiable,
     philox4x32,
     split_columns,
     unit_block,
