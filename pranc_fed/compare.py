@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import ConfigError, ExperimentConfig, config_to_dict, load_config
+from .config import ConfigError, ExperimentConfig, config_from_dict, config_to_dict, load_config
 from .methods import get_method
 
 CSV_FIELDS = ["method", "setting", "lr", "round", "cum_up_bytes", "cum_down_bytes", "cum_bytes", "test_accuracy",
@@ -80,8 +80,8 @@ NOT_RUN_SETTINGS = ("out_dir", "methods.compare", "methods.compare_num_coeffs", 
                     "methods.lr_search", "methods.lr_search_rounds")
 
 
-def _run_settings(cfg: ExperimentConfig | dict) -> dict:
-    d = json.loads(json.dumps(cfg if isinstance(cfg, dict) else config_to_dict(cfg)))
+def _run_settings(cfg: ExperimentConfig) -> dict:
+    d = json.loads(json.dumps(config_to_dict(cfg)))
     for key in NOT_RUN_SETTINGS:
         *path, leaf = key.split(".")
         node = d
@@ -96,7 +96,8 @@ def is_done(run: Run, folder: Path) -> bool:
     is an error (resuming into it would mix two experiments)."""
     if not (folder / "summary.json").exists():
         return False
-    saved = json.loads((folder / "config.json").read_text())
+    # Through the dataclasses, so a key added since that run compares as its default.
+    saved = config_from_dict(json.loads((folder / "config.json").read_text()))
     if _run_settings(saved) != _run_settings(run.cfg):
         raise ConfigError(f"{folder} holds a finished run of a different config; "
                           f"use another --out or delete that folder")

@@ -109,6 +109,7 @@ class MethodsConfig:
     topk_density: float = _f(0.01, gt=0, le=1)  # share of delta entries topk sends
     qsgd_levels: int = _f(16, ge=1)  # quantisation levels s of qsgd
     error_feedback: bool = _f(True)  # topk/signsgd carry their compression error to the next round
+    downlink_dtype: str = _f("float32", choices=("float32", "float16"))  # global weights topk/qsgd/signsgd broadcast
     compare: list[str] = _f(list(METHODS), choices=METHODS)  # methods run by `pranc-fed compare`
     compare_num_coeffs: list[int] = _f([1000, 5000, 10000], ge=1)  # K values pranc is compared at
     target_accuracy: float = _f(0.97, gt=0, le=1)  # accuracy whose cost in bytes is reported

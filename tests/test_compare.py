@@ -110,6 +110,10 @@ def test_a_finished_run_is_kept_when_only_the_comparison_list_changes(tmp_path: 
     (folder / "config.json").write_text(json.dumps(saved))
     (folder / "summary.json").write_text("{}")
     assert is_done(run, folder)
+    # a run saved before a config key existed compares as that key's default
+    del saved["methods"]["downlink_dtype"]
+    (folder / "config.json").write_text(json.dumps(saved))
+    assert is_done(run, folder)
 
 
 def _fake_simulate(accuracy_of_lr):
@@ -165,3 +169,18 @@ def test_without_a_search_no_search_table_is_left(tmp_path: Path) -> None:
     assert compare(CONFIG, [*TINY, "methods.compare=[fedavg]"], tmp_path, simulate=simulate, log=lambda m: 0)
     assert len(calls) == 1 and not (tmp_path / "lr_search.csv").exists()
     assert "Learning-rate search" not in (tmp_path / "comparison.md").read_text()
+
+
+RESULTS = sorted(p.parent for p in (Path(__file__).resolve().parents[1] / "docs" / "results").glob("*/comparison.csv"))
+
+
+@pytest.mark.parametrize("folder", RESULTS, ids=[p.name for p in RESULTS])
+def test_committed_comparison_md_is_what_its_csv_gives(folder: Path, tmp_path: Path) -> None:
+    """docs/results/*/comparison.md holds exactly the numbers report() computes from the committed CSVs."""
+    for name in ("comparison.csv", "lr_search.csv"):
+        if (folder / name).exists():
+            (tmp_path / name).write_bytes((folder / name).read_bytes())
+    target = float(re.search(r"Target test accuracy: ([\d.]+)%", (folder / "comparison.md").read_text())[1]) / 100
+    report(tmp_path, target)
+    assert (tmp_path / "comparison.md").read_text() == (folder / "comparison.md").read_text()
+    assert (folder / "command.sh").exists() and (folder / "accuracy_vs_bytes.png").stat().st_size > 1000

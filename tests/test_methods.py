@@ -130,6 +130,23 @@ def test_downlink_is_dense_fp32_and_exact(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", DELTA_METHODS)
+def test_fp16_downlink_halves_the_broadcast_and_deltas_start_from_what_arrived(name: str) -> None:
+    m, model = method(name, "methods.downlink_dtype=float16"), lenet()
+    assert m.setting().endswith("-down16") and m.fingerprint(model) != method(name).fingerprint(model)
+    state = m.initial_state(model)
+    record = m.encode_down(state)
+    assert {record[k].dtype for k in record.keys()} == {"float16"} and payload(record) == 2 * 44_426
+    client = build_model("lenet")
+    start = m.load_down(client, record, {})
+    for k in state:  # the client starts from the fp16-rounded weights ...
+        np.testing.assert_array_equal(start[k], state[k].astype(np.float16).astype(np.float32))
+    # ... and its delta is measured from them: a client that did not move sends exactly zero, so the
+    # rounding never reaches the server's float32 state
+    delta = m.decode_up(m.encode_up(client, start, {}), state)
+    assert set(delta) == set(state) and all(not delta[k].any() for k in delta)
+
+
+@pytest.mark.parametrize("name", DELTA_METHODS)
 def test_server_decodes_exactly_what_the_client_sent(name: str) -> None:
     """decode_up(encode_up) is the client's own decompression, so error feedback is exact."""
     m, model = method(name), lenet()

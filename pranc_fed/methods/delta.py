@@ -1,5 +1,5 @@
 """What topk, qsgd and signsgd share: the uplink is a compressed *model delta*, the downlink is
-FedAvg's dense float32 global weights.
+FedAvg's dense global weights, in float32 or (methods.downlink_dtype) float16.
 
 A client flattens its delta (weights after local training minus the start state) into one
 float32 vector over the state's keys in sorted order (each key's tensor raveled in C order) and,
@@ -66,14 +66,22 @@ def unpack_bits(packed: np.ndarray, count: int, bits: int, name: str) -> np.ndar
 class DenseDelta(FedAvg):
     """Base of the dense-model methods that send a compressed delta; see the module docstring."""
 
-    wire_dtype = "float32"  # the downlink: FedAvg's dense float32 global weights
     supports_error_feedback = False  # whether methods.error_feedback applies to this method
+
+    @property
+    def wire_dtype(self) -> str:
+        """The downlink: the dense global weights, as FedAvg sends them. A client's delta is taken from
+        the weights it received, so an fp16 downlink never rounds the server's float32 state."""
+        return self.cfg.methods.downlink_dtype
 
     @property
     def error_feedback(self) -> bool:
         return self.supports_error_feedback and self.cfg.methods.error_feedback
 
     def setting(self) -> str:
+        return self.uplink_setting() + ("-down16" if self.wire_dtype == "float16" else "")
+
+    def uplink_setting(self) -> str:
         return "ef" if self.error_feedback else "noef"
 
     def fingerprint(self, model: nn.Module) -> str:

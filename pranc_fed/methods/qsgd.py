@@ -50,7 +50,7 @@ class Qsgd(DenseDelta):
     def bits(self) -> int:
         return int(self.levels).bit_length()
 
-    def setting(self) -> str:
+    def uplink_setting(self) -> str:
         return f"s{self.levels}"
 
     def wire_spec(self, sizes: list[int]) -> Spec:

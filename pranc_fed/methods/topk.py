@@ -22,8 +22,8 @@ class TopK(DenseDelta):
     name = "topk"
     supports_error_feedback = True
 
-    def setting(self) -> str:
-        return f"d{self.cfg.methods.topk_density:g}-{super().setting()}"
+    def uplink_setting(self) -> str:
+        return f"d{self.cfg.methods.topk_density:g}-{super().uplink_setting()}"
 
     def k(self, n: int) -> int:
         return min(n, max(1, math.ceil(self.cfg.methods.topk_density * n)))
