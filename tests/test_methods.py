@@ -147,6 +147,33 @@ def test_fp16_downlink_halves_the_broadcast_and_deltas_start_from_what_arrived(n
 
 
 @pytest.mark.parametrize("name", DELTA_METHODS)
+def test_running_statistics_travel_dense_and_exact(name: str) -> None:
+    """BatchNorm's running_var, compressed like a weight, could turn negative: it is sent as is."""
+    m = method(name, "model.arch=resnet20")
+    torch.manual_seed(0)
+    model = build_model("resnet20")
+    start = m.initial_state(model)
+    stats = {k for k in start if k.endswith(("running_mean", "running_var"))}
+    assert stats and m.stat_keys >= stats
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(8, 3, 32, 32))  # moves every running statistic
+    record = m.encode_up(model, start, {})
+    delta = m.decode_up(record, start)
+    now = m.initial_state(model)
+    for k in stats:
+        assert record[k].dtype == "float32"
+        np.testing.assert_array_equal(delta[k], now[k] - start[k])
+    assert sum(len(record[k].data) for k in stats) == 4 * 1376
+    bad = values(record["layer1.0.bn1.running_var"])
+    bad[0] = np.nan
+    with pytest.raises(InvalidReply, match="running_var"):
+        m.decode_up(replace(record, "layer1.0.bn1.running_var", to_array(bad)), start)
+    with pytest.raises(InvalidReply, match="missing"):
+        m.decode_up(replace(record, "layer1.0.bn1.running_var", None), start)
+
+
+@pytest.mark.parametrize("name", DELTA_METHODS)
 def test_server_decodes_exactly_what_the_client_sent(name: str) -> None:
     """decode_up(encode_up) is the client's own decompression, so error feedback is exact."""
     m, model = method(name), lenet()

@@ -10,6 +10,11 @@ with error feedback on, adds the residual it kept from its previous round:
     sent     = decompress(arrays)                exactly what the server will decode
     residual = target - sent                     kept in the client's memory for the next round
 
+Running statistics (BatchNorm's running_mean/var, the float buffers) are not trained and are
+not compressed: their deltas travel dense in float32 under their own names. Compressed like
+weights, a variance could come out negative and turn the global model's evaluation into NaN.
+They are a small share of a model (ResNet20: 1,376 of 271,098 values).
+
 The server decodes the same arrays (checking keys, dtypes, shapes, value ranges, padding bits,
 finiteness; anything else raises InvalidReply) and unflattens the vector into a delta per key.
 Each subclass declares its wire layout in `wire_spec(sizes)`: the arrays it sends, their dtypes
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import zlib
 from abc import abstractmethod
+from functools import cached_property
 
 import numpy as np
 from flwr.app import ArrayRecord
@@ -104,28 +110,39 @@ class DenseDelta(FedAvg):
 
     # ---------------------------------------------------------------- shared machinery
 
-    @staticmethod
-    def sizes(state: State) -> list[int]:
-        return [int(state[k].size) for k in sorted(state)]
+    @cached_property
+    def stat_keys(self) -> frozenset[str]:
+        """The architecture's float buffers (running statistics): sent dense, never compressed."""
+        from ..models import build_model
+        return frozenset(k for k, b in build_model(self.cfg.model.arch).named_buffers() if b.is_floating_point())
+
+    def compressed_keys(self, state: State) -> list[str]:
+        return sorted(k for k in state if k not in self.stat_keys)
+
+    def sizes(self, state: State) -> list[int]:
+        return [int(state[k].size) for k in self.compressed_keys(state)]
 
     def payload_bytes(self, sizes: list[int]) -> int:
-        """Data bytes of one reply: the byte formula of each subclass, computed from its wire_spec."""
+        """Data bytes of one reply's compressed part: the byte formula of each subclass, computed from its
+        wire_spec (running statistics add 4 B per value)."""
         return sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for dtype, shape in self.wire_spec(sizes).values())
 
     def flatten(self, state: State) -> np.ndarray:
-        return np.concatenate([state[k].astype(np.float32).ravel() for k in sorted(state)])
+        """The compressed tensors of state as one float32 vector (sorted-key order)."""
+        return np.concatenate([state[k].astype(np.float32).ravel() for k in self.compressed_keys(state)])
 
     def unflatten(self, flat: np.ndarray, like: State) -> State:
         out, offset = {}, 0
-        for key in sorted(like):
+        for key in self.compressed_keys(like):
             n = like[key].size
             out[key] = flat[offset:offset + n].reshape(like[key].shape).astype(np.float32)
             offset += n
-        return {k: out[k] for k in like}
+        return out
 
     def encode_up(self, model: nn.Module, start: State, memory: dict[str, np.ndarray]) -> ArrayRecord:
         now = self.initial_state(model)
-        target = self.flatten({k: now[k] - start[k] for k in start})
+        delta = {k: now[k] - start[k] for k in start}
+        target = self.flatten(delta)
         residual = memory.get(RESIDUAL_KEY)
         if self.error_feedback and residual is not None and residual.shape == target.shape:
             target = target + residual.astype(np.float32)
@@ -133,18 +150,22 @@ class DenseDelta(FedAvg):
         arrays = self.compress(target, sizes)
         if self.error_feedback:
             memory[RESIDUAL_KEY] = (target - self.decompress(arrays, sizes)).astype(np.float32)
-        return ArrayRecord({k: to_array(v) for k, v in arrays.items()})
-
-    def decode_arrays(self, record: ArrayRecord, sizes: list[int]) -> dict[str, np.ndarray]:
-        spec = self.wire_spec(sizes)
-        check_keys(record, set(spec))
-        return {k: from_array(record[k], k, dtype, shape) for k, (dtype, shape) in spec.items()}
+        stats = {k: delta[k] for k in start if k in self.stat_keys}
+        return ArrayRecord({k: to_array(v) for k, v in (arrays | stats).items()})
 
     def decode_up(self, record: ArrayRecord, state: State) -> State:
         sizes = self.sizes(state)
-        flat = self.decompress(self.decode_arrays(record, sizes), sizes)
+        spec = self.wire_spec(sizes)
+        stats = {k: state[k] for k in state if k in self.stat_keys}
+        check_keys(record, set(spec) | set(stats))
+        flat = self.decompress({k: from_array(record[k], k, dtype, shape) for k, (dtype, shape) in spec.items()},
+                               sizes)
         check_finite("delta", flat)
-        return self.unflatten(flat, state)
+        delta = self.unflatten(flat, state)
+        for key, like in stats.items():
+            delta[key] = from_array(record[key], key, "float32", like.shape)
+            check_finite(key, delta[key])
+        return {k: delta[k] for k in state}
 
 
 def check_scales(name: str, values: np.ndarray) -> None:
