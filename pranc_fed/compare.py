@@ -31,8 +31,10 @@ from pathlib import Path
 from .config import ConfigError, ExperimentConfig, config_from_dict, config_to_dict, load_config
 from .methods import get_method
 
-CSV_FIELDS = ["method", "setting", "lr", "round", "cum_up_bytes", "cum_down_bytes", "cum_bytes", "test_accuracy",
-              "clients", "received"]
+# comparison.csv's columns and their types; the numeric ones but lr are read from each run's rounds.csv.
+CSV_TYPES = {"method": str, "setting": str, "lr": float, "round": int, "cum_up_bytes": int, "cum_down_bytes": int,
+             "cum_bytes": int, "test_accuracy": float, "clients": int, "received": int}
+CSV_FIELDS = list(CSV_TYPES)
 MB = 1e6
 
 
@@ -177,11 +179,12 @@ def collect(runs: list[Run], out: Path) -> list[dict]:
     for run in runs:
         with (out / run.label / "rounds.csv").open(newline="") as f:
             for r in csv.DictReader(f):
-                rows.append({"method": run.method, "setting": run.setting, "lr": run.lr, "round": int(r["round"]),
-                             "cum_up_bytes": int(r["cum_up_bytes"]), "cum_down_bytes": int(r["cum_down_bytes"]),
-                             "cum_bytes": int(r["cum_bytes"]), "test_accuracy": float(r["test_accuracy"]),
-                             "clients": int(r["clients"]), "received": int(r["received"])})
+                rows.append(_typed(r | {"method": run.method, "setting": run.setting, "lr": run.lr}))
     return rows
+
+
+def _typed(row: dict) -> dict:
+    return {key: cast(row[key]) for key, cast in CSV_TYPES.items()}
 
 
 def write_csv(rows: list[dict], path: Path, fields: list[str] = CSV_FIELDS) -> None:
@@ -193,10 +196,7 @@ def write_csv(rows: list[dict], path: Path, fields: list[str] = CSV_FIELDS) -> N
 
 def read_csv(path: Path) -> list[dict]:
     with path.open(newline="") as f:
-        return [{**r, "lr": float(r["lr"]), "round": int(r["round"]), "cum_up_bytes": int(r["cum_up_bytes"]),
-                 "cum_down_bytes": int(r["cum_down_bytes"]), "cum_bytes": int(r["cum_bytes"]),
-                 "test_accuracy": float(r["test_accuracy"]), "clients": int(r["clients"]),
-                 "received": int(r["received"])} for r in csv.DictReader(f)]
+        return [_typed(r) for r in csv.DictReader(f)]
 
 
 def summarize(rows: list[dict], target: float) -> list[dict]:
