@@ -15,9 +15,9 @@ from flwr.clientapp import ClientApp
 
 from .basis import FingerprintMismatch
 from .config import ExperimentConfig, config_from_dict, config_from_run_config, config_to_dict
-from .data import TensorImageDataset, client_split, load_dataset, make_loader, partition_indices, subset
+from .data import TensorImageDataset, client_split, load_dataset, make_loader, partition_indices
 from .methods import Method, get_method
-from .training import evaluate, make_optimizer, resolve_device, train_steps
+from .training import evaluate, federated_train_sets, make_optimizer, resolve_device, train_steps
 
 APP_DIR = Path(__file__).resolve().parents[1]
 MEMORY_KEY = "method-memory"
@@ -50,7 +50,7 @@ def _model(config_json: str) -> tuple[ExperimentConfig, Method, torch.nn.Module,
 def _partition(config_json: str, partition_id: int, num_partitions: int) -> tuple[TensorImageDataset, TensorImageDataset]:
     cfg = config_from_dict(json.loads(config_json))
     d = cfg.data
-    train = subset(load_dataset(d.dataset).train, d.train_subset, cfg.seed)
+    train, _ = federated_train_sets(cfg, load_dataset(d.dataset))
     parts = partition_indices(train.labels.numpy(), num_partitions, d.partition, cfg.seed,
                               d.dirichlet_alpha, d.classes_per_client)
     train_idx, val_idx = client_split(parts[partition_id], d.val_fraction, cfg.seed + partition_id)

@@ -7,17 +7,18 @@ seeds; then one table of accuracy against cumulative bytes.
     DIR/lr_search/               with methods.lr_search: one short run per method and lr multiplier
     DIR/lr_search.csv            those runs' final accuracies and the lr each method then ran with
     DIR/comparison.csv           one row per run per round (columns CSV_FIELDS)
-    DIR/comparison.md            per run: final accuracy, total MB, MB to the target accuracy,
-                                 bytes per client per round up and down; computed from comparison.csv
+    DIR/comparison.md            per run: final accuracy, total MB, MB and rounds to each target accuracy,
+                                 bytes per client per round up and down, uplink bits per model weight
+                                 per round; computed from comparison.csv
     DIR/accuracy_vs_bytes.png    test accuracy against cumulative MB (log x), one line per run
 
 MB = 10^6 bytes, counted from the messages as Flower serialises them (both directions).
 
 Learning rates get the same search budget for every method: each multiplier of methods.lr_search
 scales the method's own lr (train.lr, or pranc.alpha_lr for pranc) for a run of
-methods.lr_search_rounds rounds, and the full run uses the one with the best final test accuracy
-(ties go to the earlier multiplier). The harness has no server-side validation split, so the search
-scores on the test set: fair between methods, slightly optimistic for all of them.
+methods.lr_search_rounds rounds, and the full run uses the one with the best final accuracy on the
+server's validation split (data.server_val_size training examples no client trains on; ties go to
+the earlier multiplier). The test set only reports.
 """
 
 from __future__ import annotations
@@ -31,9 +32,11 @@ from pathlib import Path
 from .config import ConfigError, ExperimentConfig, config_from_dict, config_to_dict, load_config
 from .methods import get_method
 
-# comparison.csv's columns and their types; the numeric ones but lr are read from each run's rounds.csv.
+# comparison.csv's columns and their types: lr and params (the model's weights, from summary.json) per
+# run, the rest from each run's rounds.csv. Columns added later read as None from older files.
 CSV_TYPES = {"method": str, "setting": str, "lr": float, "round": int, "cum_up_bytes": int, "cum_down_bytes": int,
-             "cum_bytes": int, "test_accuracy": float, "clients": int, "received": int}
+             "cum_bytes": int, "test_accuracy": float, "clients": int, "received": int, "val_accuracy": float,
+             "params": int}
 CSV_FIELDS = list(CSV_TYPES)
 MB = 1e6
 
@@ -74,6 +77,9 @@ def plan(config_path: str | Path, overrides: list[str]) -> list[Run]:
             runs.append(Run(name, method.setting(), run_overrides, run_cfg, method.lr_key))
     if not runs:
         raise ConfigError("methods.compare is empty: list at least one method")
+    if cfg.methods.lr_search != [1.0] and cfg.data.server_val_size == 0:
+        raise ConfigError("methods.lr_search scores on the server's validation split, which is empty: "
+                          "set data.server_val_size (e.g. 5000)")
     return runs
 
 
@@ -144,7 +150,7 @@ def execute(config_path: str | Path, run: Run, folder: Path, simulate: Callable[
     return True
 
 
-LR_SEARCH_FIELDS = ["method", "setting", "multiplier", "lr", "rounds", "final_accuracy", "chosen"]
+LR_SEARCH_FIELDS = ["method", "setting", "multiplier", "lr", "rounds", "scored_on", "final_accuracy", "chosen"]
 
 
 def search_lr(config_path: str | Path, run: Run, out: Path, simulate: Callable[..., bool],
@@ -162,14 +168,15 @@ def search_lr(config_path: str | Path, run: Run, out: Path, simulate: Callable[.
         folder = out / "lr_search" / f"{run.label}-lr{lr:g}"
         if not execute(config_path, trial, folder, simulate, lambda m: log(f"lr {lr:g}: {m}")):
             continue
-        accuracy = json.loads((folder / "summary.json").read_text())["final_test_accuracy"]
+        accuracy = json.loads((folder / "summary.json").read_text())["final_val_accuracy"]
         rows.append({"method": run.method, "setting": run.setting, "multiplier": multiplier, "lr": lr,
-                     "rounds": search.lr_search_rounds, "final_accuracy": accuracy, "chosen": False})
+                     "rounds": search.lr_search_rounds, "scored_on": "validation", "final_accuracy": accuracy,
+                     "chosen": False})
     if not rows:
         return None, []
     best = max(rows, key=lambda r: r["final_accuracy"])  # max keeps the first of equals
     best["chosen"] = True
-    log(f"lr {best['lr']:g} chosen (accuracy {best['final_accuracy']:.4f} after {best['rounds']} rounds)")
+    log(f"lr {best['lr']:g} chosen (validation accuracy {best['final_accuracy']:.4f} after {best['rounds']} rounds)")
     return run.with_overrides(config_path, f"{run.lr_key}={best['lr']!r}"), rows
 
 
@@ -177,14 +184,15 @@ def collect(runs: list[Run], out: Path) -> list[dict]:
     """comparison.csv's rows from each finished run's rounds.csv."""
     rows = []
     for run in runs:
+        params = json.loads((out / run.label / "summary.json").read_text())["param_count"]
         with (out / run.label / "rounds.csv").open(newline="") as f:
             for r in csv.DictReader(f):
-                rows.append(_typed(r | {"method": run.method, "setting": run.setting, "lr": run.lr}))
+                rows.append(_typed(r | {"method": run.method, "setting": run.setting, "lr": run.lr, "params": params}))
     return rows
 
 
 def _typed(row: dict) -> dict:
-    return {key: cast(row[key]) for key, cast in CSV_TYPES.items()}
+    return {key: None if row.get(key) in (None, "") else cast(row[key]) for key, cast in CSV_TYPES.items()}
 
 
 def write_csv(rows: list[dict], path: Path, fields: list[str] = CSV_FIELDS) -> None:
@@ -199,8 +207,9 @@ def read_csv(path: Path) -> list[dict]:
         return [_typed(r) for r in csv.DictReader(f)]
 
 
-def summarize(rows: list[dict], target: float) -> list[dict]:
-    """Per run (in order of first appearance): the numbers comparison.md reports."""
+def summarize(rows: list[dict], targets: list[float]) -> list[dict]:
+    """Per run (in order of first appearance): the numbers comparison.md reports; "to_target" holds
+    (MB, round) per target, None where the run never reached it."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         groups.setdefault((r["method"], r["setting"]), []).append(r)
@@ -208,16 +217,19 @@ def summarize(rows: list[dict], target: float) -> list[dict]:
     for (method, setting), rs in groups.items():
         rs = sorted(rs, key=lambda r: r["round"])
         last = rs[-1]
-        reached = next((r for r in rs if r["test_accuracy"] >= target), None)
+        to_target = {}
+        for target in targets:
+            reached = next((r for r in rs if r["test_accuracy"] >= target), None)
+            to_target[target] = (reached["cum_bytes"] / MB, reached["round"]) if reached else None
         received, sampled = sum(r["received"] for r in rs), sum(r["clients"] for r in rs)
+        up = last["cum_up_bytes"] / received if received else None
         out.append({
             "method": method, "setting": setting, "lr": last["lr"], "rounds": len(rs),
             "final_accuracy": last["test_accuracy"], "best_accuracy": max(r["test_accuracy"] for r in rs),
-            "total_mb": last["cum_bytes"] / MB,
-            "mb_to_target": reached["cum_bytes"] / MB if reached else None,
-            "round_to_target": reached["round"] if reached else None,
-            "up_bytes_per_client_round": last["cum_up_bytes"] / received if received else None,
+            "total_mb": last["cum_bytes"] / MB, "to_target": to_target,
+            "up_bytes_per_client_round": up,
             "down_bytes_per_client_round": last["cum_down_bytes"] / sampled if sampled else None,
+            "up_bits_per_weight": 8 * up / last["params"] if up is not None and last["params"] else None,
         })
     return out
 
@@ -226,41 +238,47 @@ def _fmt(value, spec: str, none: str = "-") -> str:
     return none if value is None else format(value, spec)
 
 
-def report(out: Path, target: float, missing: list[str] = ()) -> None:
+def report(out: Path, targets: list[float], missing: list[str] = ()) -> None:
     """comparison.md and accuracy_vs_bytes.png, both from out/comparison.csv."""
     rows = read_csv(out / "comparison.csv")
-    stats = summarize(rows, target)
+    stats = summarize(rows, targets)
+    pct = [f"{t:.2%}" for t in targets]
     lines = [
         "# Communication cost comparison", "",
-        f"Target test accuracy: {target:.2%}. MB = 10^6 bytes as Flower serialises the messages; up = client "
+        f"Target test accuracies: {', '.join(pct)}. MB = 10^6 bytes as Flower serialises the messages; up = client "
         "replies, down = server broadcasts; per-client figures are averages over all rounds "
-        "(up per reply received, down per client sampled). Computed from comparison.csv.", "",
-        "| method | setting | lr | rounds | final acc | best acc | total MB | MB to target | round to target "
-        "| up B/client/round | down B/client/round |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "(up per reply received, down per client sampled); up bits/weight = uplink bits per model weight per "
+        "round, the whole serialised reply counted. Computed from comparison.csv.", "",
+        "| method | setting | lr | rounds | final acc | best acc | total MB "
+        + "".join(f"| MB to {p} | round to {p} " for p in pct)
+        + "| up B/client/round | down B/client/round | up bits/weight |",
+        "|---|---|---:|---:|---:|---:|---:" + "|---:|---:" * len(targets) + "|---:|---:|---:|",
     ]
     for s in stats:
+        reached = "".join(f"| {_fmt(r and r[0], '.3f', 'not reached')} | {_fmt(r and r[1], 'd', 'not reached')} "
+                          for r in s["to_target"].values())
         lines.append(
-            f"| {s['method']} | {s['setting']} | {s['lr']:g} | {s['rounds']} | {s['final_accuracy']:.4f} | {s['best_accuracy']:.4f} "
-            f"| {s['total_mb']:.3f} | {_fmt(s['mb_to_target'], '.3f', 'not reached')} "
-            f"| {_fmt(s['round_to_target'], 'd', 'not reached')} | {_fmt(s['up_bytes_per_client_round'], ',.0f')} "
-            f"| {_fmt(s['down_bytes_per_client_round'], ',.0f')} |")
+            f"| {s['method']} | {s['setting']} | {s['lr']:g} | {s['rounds']} | {s['final_accuracy']:.4f} "
+            f"| {s['best_accuracy']:.4f} | {s['total_mb']:.3f} {reached}| {_fmt(s['up_bytes_per_client_round'], ',.0f')} "
+            f"| {_fmt(s['down_bytes_per_client_round'], ',.0f')} | {_fmt(s['up_bits_per_weight'], '.3f')} |")
     if missing:
         lines += ["", f"Runs that did not complete (not in the table): {', '.join(missing)}."]
     if (out / "lr_search.csv").exists():
         lines += ["", "## Learning-rate search", "",
                   "Each method's lr was scaled by every multiplier below for a short run; its full run above uses "
-                  "the lr of the best final test accuracy (chosen). From lr_search.csv.", "",
-                  "| method | setting | multiplier | lr | rounds | final acc | chosen |", "|---|---|---:|---:|---:|---:|---|"]
+                  "the lr of the best final accuracy on the split named in `scored on` (chosen). From lr_search.csv.",
+                  "", "| method | setting | multiplier | lr | rounds | scored on | final acc | chosen |",
+                  "|---|---|---:|---:|---:|---|---:|---|"]
         with (out / "lr_search.csv").open(newline="") as f:
             for t in csv.DictReader(f):
                 lines.append(f"| {t['method']} | {t['setting']} | {float(t['multiplier']):g} | {float(t['lr']):g} "
-                             f"| {t['rounds']} | {float(t['final_accuracy']):.4f} | {'yes' if t['chosen'] == 'True' else ''} |")
+                             f"| {t['rounds']} | {t['scored_on']} | {float(t['final_accuracy']):.4f} "
+                             f"| {'yes' if t['chosen'] == 'True' else ''} |")
     (out / "comparison.md").write_text("\n".join(lines) + "\n")
-    plot(rows, target, out / "accuracy_vs_bytes.png")
+    plot(rows, targets, out / "accuracy_vs_bytes.png")
 
 
-def plot(rows: list[dict], target: float, path: Path) -> None:
+def plot(rows: list[dict], targets: list[float], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -273,7 +291,8 @@ def plot(rows: list[dict], target: float, path: Path) -> None:
         rs = sorted(rs, key=lambda r: r["round"])
         ax.plot([r["cum_bytes"] / MB for r in rs], [r["test_accuracy"] for r in rs], marker="o", markersize=3,
                 label=label)
-    ax.axhline(target, color="grey", linestyle="--", linewidth=1, label=f"target {target:.0%}")
+    for target in targets:
+        ax.axhline(target, color="grey", linestyle="--", linewidth=1, label=f"target {target:.0%}")
     ax.set_xscale("log")
     ax.set_xlabel("cumulative MB on the wire (up + down, log scale)")
     ax.set_ylabel("test accuracy")

@@ -55,6 +55,7 @@ class DataConfig:
     val_fraction: float = _f(0.1, ge=0, le=0.9)  # share of each client's data held out for validation
     train_subset: int | None = _f(None, gt=0)  # cap on training examples, for small test runs
     test_subset: int | None = _f(None, gt=0)  # cap on central test examples, for small test runs
+    server_val_size: int = _f(0, ge=0)  # training examples the server holds out to score choices (lr search), never the test set
 
 
 @dataclass
@@ -112,7 +113,7 @@ class MethodsConfig:
     downlink_dtype: str = _f("float32", choices=("float32", "float16"))  # global weights topk/qsgd/signsgd broadcast
     compare: list[str] = _f(list(METHODS), choices=METHODS)  # methods run by `pranc-fed compare`
     compare_num_coeffs: list[int] = _f([1000, 5000, 10000], ge=1)  # K values pranc is compared at
-    target_accuracy: float = _f(0.97, gt=0, le=1)  # accuracy whose cost in bytes is reported
+    target_accuracy: list[float] = _f([0.97], gt=0, le=1)  # accuracies whose cost in bytes and rounds is reported
     lr_search: list[float] = _f([1.0], gt=0)  # multipliers of each method's own lr tried before its run; [1.0] = none
     lr_search_rounds: int = _f(2, ge=1)  # rounds of each lr-search run (the same budget for every method)
 

@@ -184,6 +184,17 @@ def subset(dataset: TensorImageDataset, n: int | None, seed: int) -> TensorImage
     return dataset.select(perm[:n].sort().values)
 
 
+def hold_out(dataset: TensorImageDataset, n: int, seed: int) -> tuple[TensorImageDataset, TensorImageDataset | None]:
+    """(rest, held): n examples drawn without replacement and set aside, the rest kept in order;
+    held is None when n is 0."""
+    if n == 0:
+        return dataset, None
+    if not 0 < n < len(dataset):
+        raise ValueError(f"cannot hold out {n} of {len(dataset)} examples; use a size between 1 and {len(dataset) - 1}")
+    perm = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+    return dataset.select(perm[n:].sort().values), dataset.select(perm[:n].sort().values)
+
+
 def _resolve(dataset: TensorImageDataset | Subset) -> tuple[TensorImageDataset, torch.Tensor | None]:
     """Unwrap (nested) torch Subsets into (base dataset, row indices)."""
     indices: torch.Tensor | None = None

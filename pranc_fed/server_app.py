@@ -18,11 +18,12 @@ from .data import load_dataset
 from .methods import get_method
 from .pranc import PrancModel
 from .strategy import PrancFedStrategy
-from .training import evaluate, model_args, resolve_device, test_loader
+from .data import make_loader
+from .training import evaluate, federated_train_sets, model_args, resolve_device, test_loader
 
 APP_DIR = Path(__file__).resolve().parents[1]
 ROUND_FIELDS = ["round", "clients", "received", "dropped", "up_bytes", "down_bytes", "cum_up_bytes",
-                "cum_down_bytes", "cum_bytes", "train_loss", "test_accuracy", "test_loss", "wall_seconds"]
+                "cum_down_bytes", "cum_bytes", "train_loss", "val_accuracy", "test_accuracy", "test_loss", "wall_seconds"]
 
 app = ServerApp()
 log = logging.getLogger("pranc_fed.server")
@@ -50,6 +51,8 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path) -> dict:
     fingerprint = method.fingerprint(model)
     strategy = PrancFedStrategy(cfg, method, method.initial_state(model), fingerprint)
     tests = test_loader(cfg, bundle)
+    held_out = federated_train_sets(cfg, bundle)[1]
+    validation = None if held_out is None else make_loader(held_out, 1000, shuffle=False, seed=cfg.seed)
     rows: list[dict] = []
     (out / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2))
     print(f"[pranc-fed] {cfg.name}: {cfg.federation.method} on {cfg.model.arch}, {cfg.federation.num_clients} "
@@ -59,7 +62,9 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path) -> dict:
         method.load_state(model, strategy.state)
         loss, accuracy = evaluate(model, tests, device)
         if server_round > 0:
-            rows.append(_round_row(strategy, server_round, loss, accuracy, rows, time.perf_counter() - started))
+            val_accuracy = None if validation is None else evaluate(model, validation, device)[1]
+            rows.append(_round_row(strategy, server_round, loss, accuracy, val_accuracy, rows,
+                                   time.perf_counter() - started))
             _write_csv(out / "rounds.csv", rows, ROUND_FIELDS)
             r = rows[-1]
             print(f"[pranc-fed] round {server_round}/{cfg.federation.rounds}  clients {r['received']}/{r['clients']}"
@@ -79,8 +84,8 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path) -> dict:
     return summary
 
 
-def _round_row(strategy: PrancFedStrategy, server_round: int, loss: float, accuracy: float, rows: list[dict],
-               wall: float) -> dict:
+def _round_row(strategy: PrancFedStrategy, server_round: int, loss: float, accuracy: float,
+               val_accuracy: float | None, rows: list[dict], wall: float) -> dict:
     stats = strategy.round_stats(server_round)  # a round that sent nothing still gets its (empty) stats
     up = stats.up_bytes + stats.eval_up_bytes
     down = stats.down_bytes + stats.eval_down_bytes
@@ -89,7 +94,7 @@ def _round_row(strategy: PrancFedStrategy, server_round: int, loss: float, accur
     return {"round": server_round, "clients": stats.sampled, "received": stats.received,
             "dropped": len(stats.dropped), "up_bytes": up, "down_bytes": down,
             "cum_up_bytes": cum_up, "cum_down_bytes": cum_down, "cum_bytes": cum_up + cum_down,
-            "train_loss": stats.train_loss, "test_accuracy": accuracy, "test_loss": loss,
+            "train_loss": stats.train_loss, "val_accuracy": val_accuracy, "test_accuracy": accuracy, "test_loss": loss,
             "wall_seconds": round(wall, 3)}
 
 
@@ -121,6 +126,7 @@ def _summary(cfg, strategy, rows, model, fingerprint, model_file, wall) -> dict:
         "method": cfg.federation.method, "name": cfg.name, "arch": cfg.model.arch, "dataset": cfg.data.dataset,
         "final_test_accuracy": accuracies[-1] if accuracies else None,
         "best_test_accuracy": max(accuracies) if accuracies else None,
+        "final_val_accuracy": rows[-1]["val_accuracy"] if rows else None,
         "total_up_bytes": sum(r["up_bytes"] for r in rows), "total_down_bytes": sum(r["down_bytes"] for r in rows),
         "total_bytes": sum(r["up_bytes"] + r["down_bytes"] for r in rows),
         "rounds": len(rows), "clients": cfg.federation.num_clients,

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .config import ExperimentConfig
-from .data import DatasetBundle, load_dataset, make_loader, subset
+from .data import DatasetBundle, TensorImageDataset, hold_out, load_dataset, make_loader, subset
 from .models import build_model, count_parameters
 from .pranc import PrancModel
 
@@ -90,6 +90,13 @@ def evaluate(model: nn.Module, loader, device: torch.device) -> tuple[float, flo
 def test_loader(cfg: ExperimentConfig, bundle: DatasetBundle, batch_size: int = 1000):
     test = bundle.test if cfg.data.test_subset is None else subset(bundle.test, cfg.data.test_subset, cfg.seed)
     return make_loader(test, batch_size, shuffle=False, seed=cfg.seed)
+
+
+def federated_train_sets(cfg: ExperimentConfig, bundle: DatasetBundle) -> tuple[TensorImageDataset, TensorImageDataset | None]:
+    """(what the clients partition, the server's validation set): data.train_subset of the training set,
+    less the data.server_val_size examples the server holds out. Clients and server draw the same split."""
+    d = cfg.data
+    return hold_out(subset(bundle.train, d.train_subset, cfg.seed), d.server_val_size, cfg.seed + 1)
 
 
 def train_centralized(cfg: ExperimentConfig, out_dir: Path, log=print) -> dict:

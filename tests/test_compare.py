@@ -17,12 +17,13 @@ from pranc_fed.config import ConfigError, config_to_dict
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "mnist_lenet.yaml"
 TINY = ["data.train_subset=600", "data.test_subset=200", "federation.num_clients=2", "federation.rounds=2",
         "federation.min_train_clients=2", "methods.compare=[pranc, fedavg, topk]", "methods.compare_num_coeffs=[50]",
-        "methods.target_accuracy=0.2"]
+        "methods.target_accuracy=[0.2]"]
 
 
 def _row(method, setting, rnd, up, down, acc, clients=2):
     return {"method": method, "setting": setting, "lr": 0.001, "round": rnd, "cum_up_bytes": up, "cum_down_bytes": down,
-            "cum_bytes": up + down, "test_accuracy": acc, "clients": clients, "received": clients}
+            "cum_bytes": up + down, "test_accuracy": acc, "clients": clients, "received": clients,
+            "val_accuracy": acc, "params": 40_000}
 
 
 def test_plan_runs_pranc_once_per_k_with_identical_settings() -> None:
@@ -41,14 +42,18 @@ def test_report_numbers_come_from_the_csv(tmp_path: Path) -> None:
     rows = [_row("fedavg", "fp32", 1, 100_000, 100_000, 0.5), _row("fedavg", "fp32", 2, 200_000, 200_000, 0.8),
             _row("pranc", "K50", 1, 400, 400, 0.3), _row("pranc", "K50", 2, 800, 800, 0.4)]
     write_csv(rows, tmp_path / "comparison.csv")
-    report(tmp_path, target=0.7)
-    stats = {s["method"]: s for s in summarize(read_csv(tmp_path / "comparison.csv"), 0.7)}
-    assert stats["fedavg"]["mb_to_target"] == pytest.approx(0.4) and stats["fedavg"]["round_to_target"] == 2
+    report(tmp_path, targets=[0.7, 0.35])
+    stats = {s["method"]: s for s in summarize(read_csv(tmp_path / "comparison.csv"), [0.7, 0.35])}
+    assert stats["fedavg"]["to_target"][0.7] == (pytest.approx(0.4), 2)
+    assert stats["fedavg"]["to_target"][0.35] == (pytest.approx(0.2), 1)
     assert stats["fedavg"]["up_bytes_per_client_round"] == 50_000
-    assert stats["pranc"]["mb_to_target"] is None and stats["pranc"]["total_mb"] == pytest.approx(0.0016)
+    assert stats["fedavg"]["up_bits_per_weight"] == pytest.approx(10.0)  # 50,000 B x 8 / 40,000 weights
+    assert stats["pranc"]["to_target"][0.7] is None and stats["pranc"]["total_mb"] == pytest.approx(0.0016)
+    assert stats["pranc"]["to_target"][0.35] == (pytest.approx(0.0016), 2)
     md = (tmp_path / "comparison.md").read_text()
-    assert "| fedavg | fp32 | 0.001 | 2 | 0.8000 | 0.8000 | 0.400 | 0.400 | 2 | 50,000 | 50,000 |" in md
-    assert "| pranc | K50 | 0.001 | 2 | 0.4000 | 0.4000 | 0.002 | not reached | not reached | 200 | 200 |" in md
+    assert "| fedavg | fp32 | 0.001 | 2 | 0.8000 | 0.8000 | 0.400 | 0.400 | 2 | 0.200 | 1 | 50,000 | 50,000 | 10.000 |" in md
+    assert ("| pranc | K50 | 0.001 | 2 | 0.4000 | 0.4000 | 0.002 | not reached | not reached | 0.002 | 2 | 200 | 200 "
+            "| 0.040 |") in md
     assert (tmp_path / "accuracy_vs_bytes.png").stat().st_size > 1000
 
 
@@ -89,14 +94,15 @@ def test_tiny_comparison_end_to_end(tmp_path: Path) -> None:
             cells = [c.strip() for c in line.strip("|").split("|")]
             assert float(cells[4]) == pytest.approx(float(r["test_accuracy"]), abs=1e-4)
             assert float(cells[6]) == pytest.approx(int(r["cum_bytes"]) / 1e6, abs=1e-3)
-    assert re.search(r"Target test accuracy: 20\.00%", md)
+    assert re.search(r"Target test accuracies: 20\.00%", md)
     # resuming runs nothing again
     assert compare(CONFIG, TINY, out, simulate=lambda *a: pytest.fail("finished run was run again"), log=lambda m: 0)
     assert read_csv(out / "comparison.csv") == [dict(r, lr=float(r["lr"]), round=int(r["round"]), cum_up_bytes=int(r["cum_up_bytes"]),
                                                      cum_down_bytes=int(r["cum_down_bytes"]),
                                                      cum_bytes=int(r["cum_bytes"]),
                                                      test_accuracy=float(r["test_accuracy"]),
-                                                     clients=int(r["clients"]), received=int(r["received"]))
+                                                     clients=int(r["clients"]), received=int(r["received"]),
+                                                     val_accuracy=None, params=44_426)
                                                 for r in rows]
 
 
@@ -106,7 +112,7 @@ def test_a_finished_run_is_kept_when_only_the_comparison_list_changes(tmp_path: 
     folder.mkdir()
     saved = config_to_dict(run.cfg)
     saved["out_dir"] = "/elsewhere"
-    saved["methods"] |= {"compare": ["pranc"], "compare_num_coeffs": [50, 70], "target_accuracy": 0.5}
+    saved["methods"] |= {"compare": ["pranc"], "compare_num_coeffs": [50, 70], "target_accuracy": [0.5]}
     (folder / "config.json").write_text(json.dumps(saved))
     (folder / "summary.json").write_text("{}")
     assert is_done(run, folder)
@@ -117,8 +123,9 @@ def test_a_finished_run_is_kept_when_only_the_comparison_list_changes(tmp_path: 
 
 
 def _fake_simulate(accuracy_of_lr):
-    """A stand-in for the Flower run that writes what a finished run leaves, with an accuracy that
-    depends only on the run's learning rate; records every run it was asked for."""
+    """A stand-in for the Flower run that writes what a finished run leaves, with a validation accuracy
+    that depends only on the run's learning rate (and a test accuracy that would pick the opposite);
+    records every run it was asked for."""
     calls = []
 
     def simulate(config_path, overrides, cfg, folder):
@@ -129,12 +136,13 @@ def _fake_simulate(accuracy_of_lr):
         acc = accuracy_of_lr(cfg.federation.method, lr)
         with (folder / "rounds.csv").open("w", newline="") as f:
             w = csv.DictWriter(f, ["round", "clients", "received", "cum_up_bytes", "cum_down_bytes", "cum_bytes",
-                                   "test_accuracy"])
+                                   "val_accuracy", "test_accuracy"])
             w.writeheader()
             for rnd in range(1, cfg.federation.rounds + 1):
                 w.writerow({"round": rnd, "clients": 2, "received": 2, "cum_up_bytes": rnd, "cum_down_bytes": rnd,
-                            "cum_bytes": 2 * rnd, "test_accuracy": acc})
-        (folder / "summary.json").write_text(json.dumps({"final_test_accuracy": acc}))
+                            "cum_bytes": 2 * rnd, "val_accuracy": acc, "test_accuracy": 1 - acc})
+        (folder / "summary.json").write_text(json.dumps({"final_val_accuracy": acc, "final_test_accuracy": 1 - acc,
+                                                         "param_count": 44_426}))
         return True
 
     return simulate, calls
@@ -143,7 +151,8 @@ def _fake_simulate(accuracy_of_lr):
 def test_lr_search_gives_every_method_the_same_budget_and_runs_the_best(tmp_path: Path) -> None:
     best = {"pranc": 0.0004, "fedavg": 0.003}  # pranc.alpha_lr 0.002 x 0.2; train.lr 0.001 x 3
     simulate, calls = _fake_simulate(lambda method, lr: 0.9 - abs(lr - best[method]))
-    search = [*TINY, "methods.compare=[pranc, fedavg]", "methods.lr_search=[0.2, 1, 3]", "methods.lr_search_rounds=1"]
+    search = [*TINY, "methods.compare=[pranc, fedavg]", "methods.lr_search=[0.2, 1, 3]", "methods.lr_search_rounds=1",
+              "data.server_val_size=100"]
     assert compare(CONFIG, search, tmp_path, simulate=simulate, log=lambda m: 0)
     trials = [c for c in calls if c[2] == 1]
     assert sorted((m, lr) for m, lr, *_ in trials) == sorted(
@@ -157,10 +166,15 @@ def test_lr_search_gives_every_method_the_same_budget_and_runs_the_best(tmp_path
         chosen = {(r["method"], float(r["lr"])) for r in csv.DictReader(f) if r["chosen"] == "True"}
     assert chosen == set(best.items())
     md = (tmp_path / "comparison.md").read_text()
-    assert "## Learning-rate search" in md and "| fedavg | fp32 | 3 | 0.003 | 1 | 0.9000 | yes |" in md
+    assert "## Learning-rate search" in md and "| fedavg | fp32 | 3 | 0.003 | 1 | validation | 0.9000 | yes |" in md
     # resuming reruns nothing, neither the search nor the full runs
     calls.clear()
     assert compare(CONFIG, search, tmp_path, simulate=simulate, log=lambda m: 0) and calls == []
+
+
+def test_a_search_without_a_validation_split_is_refused() -> None:
+    with pytest.raises(ConfigError, match="data.server_val_size"):
+        plan(CONFIG, [*TINY, "methods.lr_search=[0.5, 1]"])
 
 
 def test_without_a_search_no_search_table_is_left(tmp_path: Path) -> None:
@@ -180,7 +194,7 @@ def test_committed_comparison_md_is_what_its_csv_gives(folder: Path, tmp_path: P
     for name in ("comparison.csv", "lr_search.csv"):
         if (folder / name).exists():
             (tmp_path / name).write_bytes((folder / name).read_bytes())
-    target = float(re.search(r"Target test accuracy: ([\d.]+)%", (folder / "comparison.md").read_text())[1]) / 100
-    report(tmp_path, target)
+    listed = re.search(r"Target test accuracies: ([^.]+\.\d+%(, [\d.]+%)*)", (folder / "comparison.md").read_text())[1]
+    report(tmp_path, [float(t.rstrip("%")) / 100 for t in listed.split(", ")])
     assert (tmp_path / "comparison.md").read_text() == (folder / "comparison.md").read_text()
     assert (folder / "command.sh").exists() and (folder / "accuracy_vs_bytes.png").stat().st_size > 1000

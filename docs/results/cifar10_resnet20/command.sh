@@ -12,5 +12,5 @@ exec .venv/bin/pranc-fed compare configs/cifar10_resnet20.yaml \
   --set federation.local_steps=20 \
   --set train.batch_size=64 \
   --set pranc.basis_budget_mb=4096 \
-  --set methods.target_accuracy=0.6 \
+  --set methods.target_accuracy=[0.6] \
   --out runs/compare_cifar10_resnet20
