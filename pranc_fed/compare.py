@@ -1,4 +1,5 @@
-"""`pranc-fed compare`: every method of methods.compare (pranc once per K of methods.compare_num_coeffs)
+"""`pranc-fed compare`: every method of methods.compare (pranc once per K of methods.compare_num_coeffs and
+per codec pair of methods.compare_codecs)
 run as a Flower simulation on one config, so all share partitions, model, rounds, client sampling and
 seeds; then one table of accuracy against cumulative bytes.
 
@@ -68,8 +69,9 @@ def plan(config_path: str | Path, overrides: list[str]) -> list[Run]:
     cfg = load_config(config_path, overrides)
     runs = []
     for name in dict.fromkeys(cfg.methods.compare):
-        variants = [[f"pranc.num_coeffs={k}"] for k in dict.fromkeys(cfg.methods.compare_num_coeffs)] \
-            if name == "pranc" else [[]]
+        variants = [[f"pranc.num_coeffs={k}", *_codec_overrides(codecs)]
+                    for k in dict.fromkeys(cfg.methods.compare_num_coeffs)
+                    for codecs in dict.fromkeys(cfg.methods.compare_codecs)] if name == "pranc" else [[]]
         for extra in variants:
             run_overrides = [*overrides, f"federation.method={name}", *extra]
             run_cfg = load_config(config_path, run_overrides)
@@ -83,8 +85,15 @@ def plan(config_path: str | Path, overrides: list[str]) -> list[Run]:
     return runs
 
 
+def _codec_overrides(codecs: str) -> list[str]:
+    """methods.compare_codecs entry ("int4", or uplink/downlink "int4/int8") -> pranc overrides."""
+    up, _, down = codecs.partition("/")
+    return [f"pranc.uplink_codec={up}", f"pranc.downlink_codec={down or up}"]
+
+
 # Keys that do not change what a run does: where it writes, and what the comparison lists and reports.
-NOT_RUN_SETTINGS = ("out_dir", "methods.compare", "methods.compare_num_coeffs", "methods.target_accuracy",
+NOT_RUN_SETTINGS = ("out_dir", "methods.compare", "methods.compare_num_coeffs", "methods.compare_codecs",
+                    "methods.target_accuracy",
                     "methods.lr_search", "methods.lr_search_rounds")
 
 

@@ -30,6 +30,8 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from .codecs import CODECS, ROUNDINGS
+
 CONFIG_FILE_KEY = "config-file"
 OVERRIDES_KEY = "overrides"  # Flower run-config key naming the YAML file
 METHODS = ("pranc", "fedavg", "fedavg_fp16", "topk", "qsgd", "signsgd")
@@ -68,7 +70,12 @@ class PrancConfig:
     num_coeffs: int = _f(5000, ge=1)  # K: basis size = number of alpha coefficients sent
     basis_seed: int = _f(0, ge=0, lt=2**64)  # shared seed that regenerates the basis everywhere
     layout: str = _f("global", choices=("global", "per_layer"))  # one basis for all weights, or one per layer (cheaper)
-    alpha_dtype: str = _f("float32", choices=("float32", "float16"))  # dtype of alpha on the wire and in .pranc files
+    alpha_dtype: str = _f("float32", choices=("float32", "float16"))  # dtype of alpha in .pranc model files
+    uplink_codec: str = _f("float32", choices=tuple(CODECS))  # how a client's change of alpha travels (codecs.py)
+    downlink_codec: str = _f("float32", choices=tuple(CODECS))  # how the server's alpha travels (codecs.py)
+    codec_block: int = _f(256, ge=1, le=2**20)  # values per scale of the int8/int4/nf4 codecs
+    codec_rounding: str = _f("nearest", choices=ROUNDINGS)  # nearest, or stochastic (unbiased) rounding
+    error_feedback: bool = _f(True)  # what rounding lost is added to the next message (client up, server down)
     basis_budget_mb: float = _f(2048.0, gt=0)  # memory the basis may use before streaming in chunks
     cache: str = _f("auto", choices=("auto", "memory", "disk", "none"))  # where a materialised basis is kept
     cache_dtype: str = _f("float32", choices=("float32", "bfloat16", "float16"))  # cached basis precision; half the bytes
@@ -113,6 +120,8 @@ class MethodsConfig:
     downlink_dtype: str = _f("float32", choices=("float32", "float16"))  # global weights topk/qsgd/signsgd broadcast
     compare: list[str] = _f(list(METHODS), choices=METHODS)  # methods run by `pranc-fed compare`
     compare_num_coeffs: list[int] = _f([1000, 5000, 10000], ge=1)  # K values pranc is compared at
+    compare_codecs: list[str] = _f(["float32"], pattern=(rf"({'|'.join(CODECS)})(/({'|'.join(CODECS)}))?",
+                                                         "a codec, or UPLINK/DOWNLINK codecs such as int4/int8"))  # pranc runs once per K per entry
     target_accuracy: list[float] = _f([0.97], gt=0, le=1)  # accuracies whose cost in bytes and rounds is reported
     lr_search: list[float] = _f([1.0], gt=0)  # multipliers of each method's own lr tried before its run; [1.0] = none
     lr_search_rounds: int = _f(2, ge=1)  # rounds of each lr-search run (the same budget for every method)

@@ -77,6 +77,7 @@ class PrancFedStrategy(FedAvg):
         self.rounds: list[RoundStats] = []
         self.ledger: list[dict] = []  # one row per message: round, node, phase, direction, bytes
         self.sent: list[Message] = []  # this phase's instructions (Flower sets their ids when it pushes them)
+        self.server_memory: dict[str, np.ndarray] = {}  # the method's downlink error feedback
 
     def _sample(self, grid: Grid, fraction: float) -> list[int]:
         """Seeded sampling over sorted node ids, so every method sees the same clients."""
@@ -88,7 +89,7 @@ class PrancFedStrategy(FedAvg):
 
     def _broadcast(self, server_round: int, grid: Grid, fraction: float, phase: str, message_type: str) -> list[Message]:
         nodes = self._sample(grid, fraction)
-        content = RecordDict({"arrays": self.method.encode_down(self.state),
+        content = RecordDict({"arrays": self.method.encode_down(self.state, self.server_memory),
                               "config": ConfigRecord({"server-round": server_round, "fingerprint": self.fingerprint})})
         size = record_bytes(content)
         stats = self.round_stats(server_round)

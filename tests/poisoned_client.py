@@ -6,7 +6,7 @@ Node-config keys (flower-supernode --node-config):
   poison="nan,fingerprint,raise"  what this node does in round 1, 2, 3, ... (cycled):
                                   nan: alpha filled with NaN; fingerprint: a wrong basis
                                   fingerprint in the reply; raise: training raises; none: honest
-  dump-dir="/path"                save every reply's alpha and num-examples there
+  dump-dir="/path"                save every reply's trained alpha and num-examples there
                                   (round-R.npz), so a test can recompute the global model
 """
 
@@ -48,8 +48,9 @@ def train(msg: Message, context: Context) -> Message:
         arrays["alpha"] = to_array(alpha)
     elif mode == "fingerprint":
         reply.content["config"]["fingerprint"] = "pranc-v1:lenet:d1:k1:global:s999:0000000000000000"
-    if dump := context.node_config.get("dump-dir"):
-        np.savez(Path(str(dump)) / f"round-{server_round}.npz", alpha=_values(arrays["alpha"]),
+    if dump := context.node_config.get("dump-dir"):  # the alpha this node trained: start + the change it sends
+        trained = _values(msg.content["arrays"]["alpha"]).astype(np.float64) + _values(arrays["alpha"])
+        np.savez(Path(str(dump)) / f"round-{server_round}.npz", alpha=trained.astype(np.float32),
                  num_examples=int(reply.content["metrics"]["num-examples"]))
     return reply
 

@@ -10,6 +10,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
+from pranc_fed.codecs import make_codec
 from pranc_fed.config import load_config
 from pranc_fed.data import load_dataset
 from pranc_fed.methods import get_method
@@ -107,7 +108,8 @@ def test_up_bytes_are_alpha_values_plus_fixed_overhead(dtype, value_bytes):
     metrics, fingerprint) of the same size whatever K and dtype; measured from the serialised record."""
     sizes = {}
     for k in (64, 640):
-        strategy, _ = make_strategy(f"pranc.num_coeffs={k}", f"pranc.alpha_dtype={dtype}")
+        strategy, _ = make_strategy(f"pranc.num_coeffs={k}", f"pranc.uplink_codec={dtype}",
+                                    f"pranc.downlink_codec={dtype}")
         msg = reply(1, strategy, np.zeros(k, np.float32))
         sizes[k] = record_bytes(msg.content)
         strategy.aggregate_train(1, [msg])
@@ -136,3 +138,17 @@ def test_simulation_end_to_end(tmp_path):
     assert (tmp_path / "model.pranc").stat().st_size < 2000
     ledger = list(csv.DictReader((tmp_path / "ledger.csv").open()))
     assert len(ledger) == 2 * 3 * 2  # rounds x clients x directions
+
+
+def test_a_malformed_quantised_reply_is_dropped_by_the_strategy() -> None:
+    strategy, _ = make_strategy("pranc.uplink_codec=int4", "pranc.codec_block=64")
+    n = strategy.state["alpha"].size
+    good = strategy.method._encode(strategy.method.up, {"alpha": np.linspace(-1, 1, n, dtype=np.float32)}, None)
+    scale = np.frombuffer(good["alpha.scale"].data, "<f4").copy()
+    scale[0] = -scale[0]
+    bad = ArrayRecord({"alpha": good["alpha"], "alpha.scale": to_array(scale)})
+    strategy.aggregate_train(1, [reply(1, strategy, None, arrays=good), reply(2, strategy, None, arrays=bad)])
+    assert "scale" in strategy.rounds[-1].dropped["2"] and strategy.rounds[-1].received == 1
+    np.testing.assert_allclose(strategy.state["alpha"], make_codec("int4", 64).decode(
+        "alpha", {"alpha": np.frombuffer(good["alpha"].data, np.uint8),
+                  "alpha.scale": np.frombuffer(good["alpha.scale"].data, "<f4")}, n), atol=1e-7)

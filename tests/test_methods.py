@@ -14,7 +14,8 @@ from pranc_fed.config import METHODS as CONFIG_METHODS
 from pranc_fed.config import load_config
 from pranc_fed.methods import METHODS, InvalidReply
 from pranc_fed.methods.base import to_array
-from pranc_fed.methods.delta import RESIDUAL_KEY, pack_bits, packed_size, unpack_bits
+from pranc_fed.codecs import pack_bits, packed_size, unpack_bits
+from pranc_fed.methods.delta import RESIDUAL_KEY
 from pranc_fed.methods.qsgd import quantize
 from pranc_fed.models import build_model
 from pranc_fed.pranc import PrancModel
@@ -97,7 +98,7 @@ def pranc_model() -> PrancModel:
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_pranc_round_trip(pranc_model: PrancModel, dtype: str) -> None:
-    m = method("pranc", "pranc.num_coeffs=16", f"pranc.alpha_dtype={dtype}")
+    m = method("pranc", "pranc.num_coeffs=16", f"pranc.uplink_codec={dtype}")
     with torch.no_grad():
         pranc_model.alpha.zero_()
     start = m.load_down(pranc_model, m.encode_down(m.initial_state(pranc_model)), {})

@@ -3,7 +3,8 @@
 Every method keeps the global model as a *state*, a dict of float32 numpy arrays (PRANC:
 alpha plus shared local params; dense methods: the state_dict). A round is
 
-    server  encode_down(state)                  -> ArrayRecord broadcast to clients
+    server  encode_down(state, memory)          -> ArrayRecord broadcast to clients (memory: the server's,
+                                                   for a downlink with error feedback)
     client  load_down(model, record, memory)    -> start point, then local training
     client  encode_up(model, start, memory)     -> ArrayRecord reply (may use error feedback)
     server  decode_up(record, state)            -> delta of the state (validated, raises InvalidReply)
@@ -23,15 +24,12 @@ import torch
 from flwr.app import Array, ArrayRecord, RecordDict
 from torch import nn
 
+from ..codecs import InvalidReply, check_finite
 from ..config import ExperimentConfig
 from ..data import DatasetBundle
 
 RAW = "raw"
 State = dict[str, np.ndarray]
-
-
-class InvalidReply(ValueError):
-    """A client reply that must not touch the global model; the message says why."""
 
 
 def to_array(values: np.ndarray) -> Array:
@@ -65,14 +63,10 @@ def check_keys(record: ArrayRecord, expected: set[str]) -> None:
         raise InvalidReply(f"array keys differ: missing {sorted(expected - got)}, unexpected {sorted(got - expected)}")
 
 
-def check_finite(name: str, values: np.ndarray) -> None:
-    if not np.all(np.isfinite(values)):
-        raise InvalidReply(f"{name}: contains NaN or Inf")
-
-
-def decode_state(record: ArrayRecord, like: State, dtype_of: Callable[[str], str]) -> State:
-    """Decode a record that must carry exactly like's keys and shapes, in dtype_of(key), all finite."""
-    check_keys(record, set(like))
+def decode_state(record: ArrayRecord, like: State, dtype_of: Callable[[str], str], others: set[str] = frozenset()) -> State:
+    """Decode like's keys of a record that must carry exactly those keys (and `others`, which the caller
+    decodes), with like's shapes, in dtype_of(key), all finite."""
+    check_keys(record, set(like) | others)
     out = {}
     for key, ref in like.items():
         values = from_array(record[key], key, dtype_of(key), ref.shape).astype(np.float32)
@@ -105,8 +99,9 @@ class Method(ABC):
         """The global state the server starts from."""
 
     @abstractmethod
-    def encode_down(self, state: State) -> ArrayRecord:
-        """What the server broadcasts."""
+    def encode_down(self, state: State, memory: dict[str, np.ndarray] | None = None) -> ArrayRecord:
+        """What the server broadcasts; memory persists on the server between broadcasts (None: a
+        one-off encoding that reads and changes no memory)."""
 
     @abstractmethod
     def load_state(self, model: nn.Module, state: State) -> None:

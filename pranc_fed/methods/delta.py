@@ -25,7 +25,6 @@ of key, dtype and shape per array; the byte ledger counts those too).
 
 from __future__ import annotations
 
-import zlib
 from abc import abstractmethod
 from functools import cached_property
 
@@ -33,40 +32,11 @@ import numpy as np
 from flwr.app import ArrayRecord
 from torch import nn
 
-from .base import InvalidReply, State, check_finite, check_keys, from_array, to_array
+from ..codecs import InvalidReply, Spec, check_finite, spec_bytes
+from .base import State, check_keys, from_array, to_array
 from .fedavg import FedAvg
 
 RESIDUAL_KEY = "error-feedback-residual"
-Spec = dict[str, tuple[str, tuple[int, ...]]]  # array key -> (dtype, shape)
-
-
-def packed_size(count: int, bits: int) -> int:
-    """Bytes that `count` fields of `bits` bits take when packed: ceil(count * bits / 8)."""
-    return -(-count * bits // 8)
-
-
-def pack_bits(values: np.ndarray, bits: int) -> np.ndarray:
-    """Pack unsigned integers < 2**bits into a uint8 array, `bits` bits each, LSB first
-    (field i occupies bits [i*bits, (i+1)*bits) of the little-endian bit stream); padding bits are 0."""
-    if not 1 <= bits <= 32:
-        raise ValueError(f"bits must be in [1, 32], got {bits}")
-    v = np.ascontiguousarray(values, dtype="<u4").ravel()
-    if v.size and int(v.max()) >> bits:
-        raise ValueError(f"a value does not fit in {bits} bits")
-    fields = np.unpackbits(v.view(np.uint8).reshape(-1, 4), axis=1, bitorder="little")[:, :bits]
-    return np.packbits(fields.ravel(), bitorder="little")
-
-
-def unpack_bits(packed: np.ndarray, count: int, bits: int, name: str) -> np.ndarray:
-    """Inverse of pack_bits; raises InvalidReply if the buffer has the wrong size or padding bits set."""
-    if packed.dtype != np.uint8 or packed.size != packed_size(count, bits):
-        raise InvalidReply(f"{name}: {packed.size} bytes, expected {packed_size(count, bits)}")
-    stream = np.unpackbits(packed, bitorder="little")
-    if stream[count * bits:].any():
-        raise InvalidReply(f"{name}: padding bits are not zero")
-    fields = np.zeros((count, 32), dtype=np.uint8)
-    fields[:, :bits] = stream[:count * bits].reshape(count, bits)
-    return np.packbits(fields, axis=1, bitorder="little").view("<u4").ravel().astype(np.uint32)
 
 
 class DenseDelta(FedAvg):
@@ -125,7 +95,7 @@ class DenseDelta(FedAvg):
     def payload_bytes(self, sizes: list[int]) -> int:
         """Data bytes of one reply's compressed part: the byte formula of each subclass, computed from its
         wire_spec (running statistics add 4 B per value)."""
-        return sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for dtype, shape in self.wire_spec(sizes).values())
+        return spec_bytes(self.wire_spec(sizes))
 
     def flatten(self, state: State) -> np.ndarray:
         """The compressed tensors of state as one float32 vector (sorted-key order)."""
@@ -183,9 +153,3 @@ def segment_ids(sizes: list[int]) -> np.ndarray:
 def segments(flat: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
     """The flat vector split back into its tensors (float64 views for exact reductions)."""
     return np.split(flat.astype(np.float64), np.cumsum(sizes)[:-1])
-
-
-def seeded_rng(seed: int, flat: np.ndarray, draw: int) -> np.random.Generator:
-    """A generator determined by the config seed, the vector being encoded and a per-instance counter:
-    reproducible runs, yet independent draws for different clients, rounds and repeated calls."""
-    return np.random.default_rng([seed % 2**32, seed >> 32, zlib.crc32(flat.tobytes()), draw])

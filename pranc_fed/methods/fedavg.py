@@ -25,7 +25,7 @@ class FedAvg(Method):
     def initial_state(self, model: nn.Module) -> State:
         return float_state(model.state_dict())
 
-    def encode_down(self, state: State) -> ArrayRecord:
+    def encode_down(self, state: State, memory: dict[str, np.ndarray] | None = None) -> ArrayRecord:
         return ArrayRecord({k: to_array(v.astype(self.wire_dtype)) for k, v in state.items()})
 
     def decode_state(self, record: ArrayRecord, like: State) -> State:

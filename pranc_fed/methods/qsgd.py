@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import InvalidReply
-from .delta import (DenseDelta, Spec, check_scales, pack_bits, packed_size, seeded_rng, segment_ids, segments,
-                    unpack_bits)
+from ..codecs import InvalidReply, pack_bits, packed_size, seeded_rng, unpack_bits
+from .delta import DenseDelta, Spec, check_scales, segment_ids, segments
 
 
 def quantize(flat: np.ndarray, sizes: list[int], levels: int, rng: np.random.Generator):

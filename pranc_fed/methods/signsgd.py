@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .delta import DenseDelta, Spec, check_scales, pack_bits, packed_size, segment_ids, segments, unpack_bits
+from ..codecs import pack_bits, packed_size, unpack_bits
+from .delta import DenseDelta, Spec, check_scales, segment_ids, segments
 
 
 class SignSgd(DenseDelta):

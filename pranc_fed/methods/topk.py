@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from .base import InvalidReply, check_finite
+from ..codecs import InvalidReply, check_finite
 from .delta import DenseDelta, Spec
 
 FP16_MAX = float(np.finfo(np.float16).max)
