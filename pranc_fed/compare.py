@@ -99,6 +99,8 @@ NOT_RUN_SETTINGS = ("out_dir", "methods.compare", "methods.compare_num_coeffs", 
 
 def _run_settings(cfg: ExperimentConfig) -> dict:
     d = json.loads(json.dumps(config_to_dict(cfg)))
+    if cfg.federation.method != "pranc":
+        d.pop("pranc")  # the basis and codec keys mean nothing to the other methods
     for key in NOT_RUN_SETTINGS:
         *path, leaf = key.split(".")
         node = d
