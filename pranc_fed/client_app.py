@@ -17,7 +17,7 @@ from .basis import FingerprintMismatch
 from .config import ExperimentConfig, config_from_dict, config_from_run_config, config_to_dict
 from .data import TensorImageDataset, client_split, load_dataset, make_loader, partition_indices
 from .methods import Method, get_method
-from .training import evaluate, federated_train_sets, make_optimizer, resolve_device, train_steps
+from .training import evaluate, federated_train_sets, resolve_device, train_steps
 
 APP_DIR = Path(__file__).resolve().parents[1]
 MEMORY_KEY = "method-memory"
@@ -81,7 +81,7 @@ def train(msg: Message, context: Context) -> Message:
     node, memory = _start(msg, context)
     cfg, fed = node.cfg, node.cfg.federation
     start = node.method.load_down(node.model, msg.content["arrays"], memory)
-    optimizer = make_optimizer(node.model, cfg)
+    optimizer = node.method.make_optimizer(node.model)
     server_round = int(msg.content["config"]["server-round"])
     losses = []
     for epoch in range(fed.local_epochs):

@@ -34,7 +34,7 @@ from .codecs import CODECS, ROUNDINGS
 
 CONFIG_FILE_KEY = "config-file"
 OVERRIDES_KEY = "overrides"  # Flower run-config key naming the YAML file
-METHODS = ("pranc", "fedavg", "fedavg_fp16", "topk", "qsgd", "signsgd")
+METHODS = ("pranc", "fedavg", "fedavg_fp16", "topk", "qsgd", "signsgd", "fedpm")
 
 
 class ConfigError(ValueError):
@@ -117,7 +117,9 @@ class MethodsConfig:
     topk_density: float = _f(0.01, gt=0, le=1)  # share of delta entries topk sends
     qsgd_levels: int = _f(16, ge=1)  # quantisation levels s of qsgd
     error_feedback: bool = _f(True)  # topk/signsgd carry their compression error to the next round
-    downlink_dtype: str = _f("float32", choices=("float32", "float16"))  # global weights topk/qsgd/signsgd broadcast
+    downlink_dtype: str = _f("float32", choices=("float32", "float16"))  # what topk/qsgd/signsgd/fedpm broadcast
+    fedpm_lr: float = _f(0.1, gt=0)  # Adam lr of fedpm's mask scores
+    fedpm_reset_period: int = _f(5, ge=1)  # rounds between resets of fedpm's Beta posterior (1 = plain mean of masks)
     compare: list[str] = _f(list(METHODS), choices=METHODS)  # methods run by `pranc-fed compare`
     compare_num_coeffs: list[int] = _f([1000, 5000, 10000], ge=1)  # K values pranc is compared at
     compare_codecs: list[str] = _f(["float32"], pattern=(rf"({'|'.join(CODECS)})(/({'|'.join(CODECS)}))?",

@@ -77,7 +77,7 @@ class PrancFedStrategy(FedAvg):
         self.rounds: list[RoundStats] = []
         self.ledger: list[dict] = []  # one row per message: round, node, phase, direction, bytes
         self.sent: list[Message] = []  # this phase's instructions (Flower sets their ids when it pushes them)
-        self.server_memory: dict[str, np.ndarray] = {}  # the method's downlink error feedback
+        self.server_memory: dict[str, np.ndarray] = {}  # the method's own server state (feedback, posteriors)
 
     def _sample(self, grid: Grid, fraction: float) -> list[int]:
         """Seeded sampling over sorted node ids, so every method sees the same clients."""
@@ -167,11 +167,10 @@ class PrancFedStrategy(FedAvg):
             log.warning("round %d: %d valid replies, fewer than federation.min_train_clients=%d; global model kept",
                         server_round, len(deltas), self.cfg.federation.min_train_clients)
             return None, None
-        w = np.asarray(weights, dtype=np.float64) / sum(weights)
-        mean = {k: sum(wi * d[k] for wi, d in zip(w, deltas)).astype(np.float32) for k in self.state}
-        self.state = {k: v.astype(np.float32) for k, v in self.optimizer.step(self.state, mean).items()}
+        new = self.method.aggregate(self.state, deltas, weights, self.optimizer, self.server_memory)
+        self.state = {k: v.astype(np.float32) for k, v in new.items()}
         stats.aggregated = True
-        stats.train_loss = float(np.dot(w, losses))
+        stats.train_loss = float(np.dot(np.asarray(weights, dtype=np.float64) / sum(weights), losses))
         return self.method.encode_down(self.state), MetricRecord({"train-loss": stats.train_loss})
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,

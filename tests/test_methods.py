@@ -12,6 +12,7 @@ from flwr.app import Array, ArrayRecord
 
 from pranc_fed.config import METHODS as CONFIG_METHODS
 from pranc_fed.config import load_config
+from pranc_fed.data import load_dataset
 from pranc_fed.methods import METHODS, InvalidReply
 from pranc_fed.methods.base import to_array
 from pranc_fed.codecs import pack_bits, packed_size, unpack_bits
@@ -413,3 +414,52 @@ def test_pranc_malformed_alpha_raises(pranc_model: PrancModel) -> None:
                 ArrayRecord({"alpha": to_array(np.zeros(16, np.float16))})):
         with pytest.raises(InvalidReply):
             m.decode_up(bad, start)
+
+
+# ---------------------------------------------------------------- fedpm
+
+def test_fedpm_mask_round_trips_at_one_bit_per_weight() -> None:
+    m = method("fedpm")
+    net = m.build_model(load_dataset("mnist"), torch.device("cpu"))
+    start = m.load_down(net, m.encode_down(m.initial_state(net)), {})
+    record = m.encode_up(net, start, {})
+    assert payload(record) == packed_size(44_426, 1)
+    mask = m.decode_up(record, start)["theta"]
+    assert set(np.unique(mask)) <= {0.0, 1.0} and 0.4 < mask.mean() < 0.6  # sampled at theta = 0.5
+    # the same bits back: pack what the server decoded and compare with the wire bytes
+    np.testing.assert_array_equal(pack_bits(mask.astype(np.uint32), 1), np.frombuffer(record["mask"].data, np.uint8))
+
+
+def test_fedpm_aggregating_identical_masks_returns_that_mask() -> None:
+    m = method("fedpm", "methods.fedpm_reset_period=3")
+    mask = (np.random.default_rng(0).random(1000) < 0.3).astype(np.float32)
+    state, memory = {"theta": np.full(1000, 0.5, np.float32)}, {}
+    for _ in range(2):
+        state = m.aggregate(state, [{"theta": mask}] * 4, [10, 20, 30, 40], None, memory)
+        np.testing.assert_array_equal(state["theta"] > 0.5, mask == 1)
+        np.testing.assert_array_equal(np.unique(state["theta"]), np.float32([0.01, 0.99]))  # clipped off 0 and 1
+    mixed = m.aggregate(state, [{"theta": mask}, {"theta": 1 - mask}], [1, 1], None, memory)
+    # Beta counts: 8 agreeing masks of the earlier rounds outweigh one dissent
+    np.testing.assert_allclose(mixed["theta"], np.where(mask == 1, 9 / 10, 1 / 10))
+
+
+def test_fedpm_trains_scores_only_and_rejects_bad_masks() -> None:
+    m = method("fedpm")
+    net = m.build_model(load_dataset("mnist"), torch.device("cpu"))
+    frozen = net.weights.clone()
+    net.train()
+    loss = torch.nn.functional.cross_entropy(net(torch.randn(8, 1, 28, 28)), torch.arange(8))
+    loss.backward()
+    assert net.scores.grad is not None and net.scores.grad.abs().sum() > 0
+    assert [p for p in net.parameters() if p.requires_grad] == [net.scores]
+    torch.testing.assert_close(net.weights, frozen)
+    state = m.initial_state(net)
+    n = packed_size(44_426, 1)
+    padded = np.zeros(n, np.uint8)
+    padded[-1] = 0xFF  # 44,426 = 8 x 5553 + 2: the last byte holds 6 padding bits
+    for arrays, reason in [({"mask": to_array(np.zeros(n - 1, np.uint8))}, "shape"),
+                           ({"mask": to_array(padded)}, "padding"),
+                           ({"mask": to_array(np.zeros(n, np.float32))}, "dtype"),
+                           ({"theta": to_array(np.zeros(44_426, np.float32))}, "keys")]:
+        with pytest.raises(InvalidReply, match=reason):
+            m.decode_up(ArrayRecord(arrays), state)

@@ -3,12 +3,13 @@
 from ..config import ExperimentConfig
 from .base import InvalidReply, Method, State
 from .fedavg import FedAvg, FedAvgFp16
+from .fedpm import FedPM
 from .pranc import Pranc
 from .qsgd import Qsgd
 from .signsgd import SignSgd
 from .topk import TopK
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (Pranc, FedAvg, FedAvgFp16, TopK, Qsgd, SignSgd)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (Pranc, FedAvg, FedAvgFp16, TopK, Qsgd, SignSgd, FedPM)}
 
 
 def get_method(cfg: ExperimentConfig) -> Method:

@@ -9,7 +9,8 @@ alpha plus shared local params; dense methods: the state_dict). A round is
     client  encode_up(model, start, memory)     -> ArrayRecord reply (may use error feedback)
     server  decode_up(record, state)            -> delta of the state (validated, raises InvalidReply)
 
-and the server averages the deltas (weighted by num-examples) and applies its optimiser.
+and the server aggregates the deltas: by default (Method.aggregate) it averages them weighted by
+num-examples and applies its optimiser; a method may replace that rule (fedpm counts masks).
 Arrays travel as raw little-endian bytes (stype "raw"): no 128-byte .npy header per array.
 Adding a method is one module that subclasses Method and registers itself in METHODS.
 """
@@ -118,6 +119,18 @@ class Method(ABC):
     @abstractmethod
     def decode_up(self, record: ArrayRecord, state: State) -> State:
         """The delta a reply proposes for the global state; raises InvalidReply on anything malformed."""
+
+    def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        """The client's local optimiser."""
+        from ..training import make_optimizer
+        return make_optimizer(model, self.cfg)
+
+    def aggregate(self, state: State, replies: list[State], weights: list[int], optimizer, memory: dict) -> State:
+        """The next global state from the valid replies' deltas: their mean weighted by num-examples,
+        applied by the server optimiser. memory persists on the server between rounds."""
+        w = np.asarray(weights, dtype=np.float64) / sum(weights)
+        mean = {k: sum(wi * d[k] for wi, d in zip(w, replies)).astype(np.float32) for k in state}
+        return optimizer.step(state, mean)
 
     def setting(self) -> str:
         """Short label of the settings that change what travels (e.g. K5000, fp16, d0.01-ef): names
