@@ -118,6 +118,27 @@ def test_torch_and_numpy_generators_agree() -> None:
                        basis_mod._unit_block_torch(SEED, 2, 30, 0, 1, "cpu", stream=1))
 
 
+def test_compiled_generator_matches_the_reference_bits() -> None:
+    """philox_numba against numpy's engine and the torch reference: random 64-bit seeds, random blocks,
+    and the last rows and columns of LeNet's d = 44,426 and K = 5000, both streams."""
+    assert basis_mod._compiled is not None, "numba is a dependency: the compiled generator must load"
+    rng = np.random.default_rng(3)
+    d, k = 44_426, 5000
+    blocks = [(d - 5, d, k - 3, k), (d - 1, d, 0, 1), (0, 1, k - 1, k), (4097, 4099, 2, 7)]
+    blocks += [(int(r), int(r) + int(n), int(c), int(c) + int(m)) for r, n, c, m in
+               zip(rng.integers(0, d - 40, 6), rng.integers(1, 40, 6), rng.integers(0, k - 30, 6), rng.integers(1, 30, 6))]
+    for seed in [0, SEED, int(rng.integers(0, 2**63)) * 2 + 1, 2**64 - 1]:
+        for stream in (0, 1):
+            for r0, r1, c0, c1 in blocks:
+                scale = rng.random(r1 - r0) * 2.0 ** -24
+                fast, slow = np.empty((r1 - r0, c1 - c0), np.float32), np.empty((r1 - r0, c1 - c0), np.float32)
+                basis_mod._fill_values(seed, stream, r0, r1, c0, c1, scale, fast)
+                basis_mod._fill_values_numpy(seed, stream, r0, r1, c0, c1, scale, slow)
+                assert np.array_equal(fast.view(np.uint32), slow.view(np.uint32)), (seed, stream, r0, c0)
+                ref = basis_mod._unit_block_torch(seed, r0, r1, c0, c1, "cpu", stream)
+                assert torch.equal(unit_block(seed, r0, r1, c0, c1, stream=stream), ref)
+
+
 def test_bits_independent_of_chunking_order_and_threads() -> None:
     model = build_model("lenet")
     whole = Basis.for_module(model, 64, SEED, "lenet", cache="memory").matrix()
