@@ -76,6 +76,7 @@ class PrancConfig:
     codec_block: int = _f(256, ge=1, le=2**20)  # values per scale of the int8/int4/nf4 codecs
     codec_rounding: str = _f("nearest", choices=ROUNDINGS)  # nearest, or stochastic (unbiased) rounding
     error_feedback: bool = _f(True)  # what rounding lost is added to the next message (client up, server down)
+    reseed_period: int = _f(0, ge=0)  # rounds per basis; each period's alpha is folded into theta0 (0 = one fixed basis)
     basis_budget_mb: float = _f(2048.0, gt=0)  # memory the basis may use before streaming in chunks
     cache: str = _f("auto", choices=("auto", "memory", "disk", "none"))  # where a materialised basis is kept
     cache_dtype: str = _f("float32", choices=("float32", "bfloat16", "float16"))  # cached basis precision; half the bytes

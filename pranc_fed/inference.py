@@ -50,7 +50,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .basis import (_STREAM_THETA0, Basis, Fingerprint, FingerprintMismatch, Segment, covered_segments,
-                    make_blocks, unit_block)
+                    make_blocks, period_seed, unit_block)
 from .data import IMAGE_EXTENSIONS, DatasetError, Preprocessing, TensorImageDataset, make_loader, subset
 from .pranc import FILE_FORMAT, PrancFileError, PrancModel, read_pranc_file
 
@@ -232,6 +232,9 @@ class OnTheFlyModel(nn.Module):
                   chunk_mb: float = DEFAULT_CHUNK_MB, device: torch.device | str = "cpu") -> "OnTheFlyModel":
         """Open a .pranc file without ever reconstructing the whole model."""
         header, tensors = read_pranc_file(path)
+        if "history" in tensors:
+            raise PrancFileError(f"{path} was trained in {header['periods']} re-seeded periods, which on-the-fly "
+                                 "inference does not replay; evaluate it without --on-the-fly")
         if module is None:
             module = build_module(header, path, "meta")  # no dense weights are ever allocated
         alpha = tensors.pop("alpha")
@@ -356,9 +359,12 @@ def inspect_model(path: str | Path) -> dict[str, Any]:
     header, tensors = read_pranc_file(path)  # verifies the sha256 checksum
     module = build_module(header, path, "meta")
     segments = covered_segments(module)
-    basis = _StreamingBasis(segments, header["num_coeffs"], header["seed"], header["arch"], header["layout"])
+    periods = header.get("periods", 0)
+    basis = _StreamingBasis(segments, header["num_coeffs"], period_seed(header["seed"], periods), header["arch"],
+                            header["layout"])
     basis.fingerprint.check(header["fingerprint"], what=f"{path} holds")
     alpha = tensors.pop("alpha")
+    history = tensors.pop("history", None)
     covered_names = {s.name for s in segments}
     expected_local = {n for n in module.state_dict() if n not in covered_names}
     if set(tensors) != expected_local:
@@ -371,7 +377,9 @@ def inspect_model(path: str | Path) -> dict[str, Any]:
     return {
         "path": str(path), "file_bytes": file_bytes, "checksum": "ok", "file_format": FILE_FORMAT,
         "spec": header["spec"], "arch": header["arch"], "model_args": header.get("model_args", {}),
-        "seed": header["seed"], "num_coeffs": header["num_coeffs"], "layout": header["layout"],
+        "seed": header["seed"], "periods": periods,
+        "history_bytes": 0 if history is None else history.numel() * 4,
+        "num_coeffs": header["num_coeffs"], "layout": header["layout"],
         "fingerprint": header["fingerprint"], "fingerprint_verified": True,
         "alpha_dtype": str(alpha.dtype).removeprefix("torch."), "alpha_bytes": alpha.numel() * alpha.element_size(),
         "local_tensors": len(tensors), "local_values": local_values,

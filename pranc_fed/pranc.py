@@ -12,7 +12,9 @@ running statistics) is "local": trained normally and stored densely.
 The header names the basis (spec, arch, seed, K, layout, fingerprint), the model's build
 arguments, the preprocessing the model was trained with, and the tensors in the payload
 (alpha first, then local state) as [name, dtype, shape]; the payload is their raw
-little-endian bytes in that order.
+little-endian bytes in that order. A model trained in re-seeded periods also holds `periods`
+(n) in the header and a `history` tensor (n x K float32, the folded alphas): its basis is
+period n's (seed `period_seed(seed, n)`, which the fingerprint names) around theta0_n.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from .basis import SPEC_VERSION, Basis, Fingerprint, expand_differentiable
+from .basis import SPEC_VERSION, Basis, Fingerprint, expand_differentiable, period_seed
 
 MAGIC = b"PRANC\0"
 FILE_FORMAT = 1
@@ -49,8 +51,11 @@ class PrancModel(nn.Module):
         device = torch.device(device) if device is not None else next(module.parameters()).device
         self.arch = arch or type(module).__name__.lower()
         self.module = module.to(device)
-        self.basis = Basis.for_module(module, num_coeffs, seed, self.arch, layout=layout,
-                                      budget_mb=budget_mb, cache=cache, device=device, cache_dtype=cache_dtype)
+        self.seed = seed
+        self._basis_args = {"layout": layout, "budget_mb": budget_mb, "cache": cache, "device": device,
+                            "cache_dtype": cache_dtype}
+        self.basis = Basis.for_module(module, num_coeffs, seed, self.arch, **self._basis_args)
+        self.history: list[torch.Tensor] = []  # the folded alphas of earlier re-seeding periods
         self.alpha = nn.Parameter(torch.zeros(num_coeffs, device=device))
         self.covered_names = [s.name for s in self.basis.segments]
         covered = set(self.covered_names)
@@ -58,6 +63,35 @@ class PrancModel(nn.Module):
             if name in covered:
                 param.requires_grad_(False)
         self.load_theta(self.basis.theta0)
+
+    @torch.no_grad()
+    def advance(self, folded_alpha: torch.Tensor) -> None:
+        """End the period: theta0 <- fold(folded_alpha) (Basis.fold), the next period's basis, alpha = 0."""
+        theta0 = self.basis.fold(folded_alpha)
+        self.history.append(folded_alpha.detach().to("cpu", torch.float32).clone())
+        self._enter(period_seed(self.seed, len(self.history)), theta0)
+
+    @torch.no_grad()
+    def rewind(self) -> None:
+        """Back to period 0: the seed's own basis and theta0, alpha = 0."""
+        self.history = []
+        self._enter(self.seed, None)
+
+    def sync_history(self, history: np.ndarray) -> None:
+        """Reach the period that `history` (n x K folded alphas) describes, replaying only what is new."""
+        known = [h.numpy() for h in self.history]
+        if len(known) > len(history) or any(not np.array_equal(a, b) for a, b in zip(known, history)):
+            self.rewind()
+            known = []
+        for h in history[len(known):]:
+            self.advance(torch.from_numpy(np.ascontiguousarray(h, dtype=np.float32)))
+
+    def _enter(self, seed: int, theta0: torch.Tensor | None) -> None:
+        self.basis = Basis.for_module(self.module, self.num_coeffs, seed, self.arch, **self._basis_args)
+        if theta0 is not None:
+            self.basis.theta0 = theta0
+        self.load_theta(self.basis.theta0)
+        self.alpha.zero_()
 
     @property
     def num_coeffs(self) -> int:
@@ -110,9 +144,11 @@ class PrancModel(nn.Module):
         if alpha_dtype not in ("float32", "float16"):
             raise ValueError(f"alpha_dtype must be float32 or float16, got {alpha_dtype!r}")
         tensors = {"alpha": self.alpha.detach().to(_DTYPES[alpha_dtype])} | self.local_state()
+        if self.history:
+            tensors["history"] = torch.stack(self.history)
         fp = self.fingerprint
         header = {
-            "spec": fp.spec, "arch": fp.arch, "seed": fp.seed, "num_coeffs": fp.num_coeffs,
+            "spec": fp.spec, "arch": fp.arch, "seed": self.seed, "periods": len(self.history), "num_coeffs": fp.num_coeffs,
             "layout": fp.layout, "dim": fp.dim, "fingerprint": str(fp),
             "model_args": model_args or {}, "preprocessing": preprocessing, "metadata": metadata or {},
             "tensors": [[n, _dtype_name(t), list(t.shape)] for n, t in tensors.items()],
@@ -135,6 +171,7 @@ class PrancModel(nn.Module):
             module = build_model(header["arch"], **header["model_args"])
         model = cls(module, header["num_coeffs"], header["seed"], header["arch"], header["layout"],
                     budget_mb=budget_mb, cache=cache, device=device)
+        model.sync_history(tensors.pop("history", torch.zeros(0, header["num_coeffs"])).numpy())
         model.fingerprint.check(header["fingerprint"], what=f"{path} holds")
         if expect is not None:
             (Fingerprint.parse(expect) if isinstance(expect, str) else expect).check(model.fingerprint, f"{path} holds")
@@ -200,4 +237,12 @@ def read_pranc_file(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.T
         raise PrancFileError(f"{path}: {len(body) - offset} unexplained bytes after the tensors")
     if "alpha" not in tensors or tensors["alpha"].shape != (header["num_coeffs"],):
         raise PrancFileError(f"{path}: alpha is missing or does not have num_coeffs={header['num_coeffs']} values")
+    periods = header.get("periods", 0)
+    if not isinstance(periods, int) or isinstance(periods, bool) or periods < 0:
+        raise PrancFileError(f"{path}: periods must be a non-negative integer, got {periods!r}")
+    history = tensors.get("history")
+    if periods and (history is None or history.shape != (periods, header["num_coeffs"]) or history.dtype != torch.float32):
+        raise PrancFileError(f"{path}: periods={periods!r} needs a float32 history of {periods} x {header['num_coeffs']}")
+    if not periods and history is not None:
+        raise PrancFileError(f"{path}: a history tensor but periods={periods!r}")
     return header, tensors

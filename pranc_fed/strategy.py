@@ -78,6 +78,7 @@ class PrancFedStrategy(FedAvg):
         self.ledger: list[dict] = []  # one row per message: round, node, phase, direction, bytes
         self.sent: list[Message] = []  # this phase's instructions (Flower sets their ids when it pushes them)
         self.server_memory: dict[str, np.ndarray] = {}  # the method's own server state (feedback, posteriors)
+        self.node_periods: dict[int, int] = {}  # node -> the method's period its last accepted reply was in
 
     def _sample(self, grid: Grid, fraction: float) -> list[int]:
         """Seeded sampling over sorted node ids, so every method sees the same clients."""
@@ -89,17 +90,23 @@ class PrancFedStrategy(FedAvg):
 
     def _broadcast(self, server_round: int, grid: Grid, fraction: float, phase: str, message_type: str) -> list[Message]:
         nodes = self._sample(grid, fraction)
-        content = RecordDict({"arrays": self.method.encode_down(self.state, self.server_memory),
-                              "config": ConfigRecord({"server-round": server_round, "fingerprint": self.fingerprint})})
-        size = record_bytes(content)
+        arrays = self.method.encode_down(self.state, self.server_memory)
+        config = ConfigRecord({"server-round": server_round, "fingerprint": self.fingerprint})
         stats = self.round_stats(server_round)
+        self.sent, total = [], 0
         for node in nodes:
+            # What this node lacks to rebuild the model (re-seeded PRANC's earlier periods), if anything.
+            extra = self.method.catch_up(self.state, self.server_memory, self.node_periods.get(node, 0))
+            content = RecordDict({"arrays": ArrayRecord(dict(arrays.items()) | extra) if extra else arrays,
+                                  "config": config})
+            size = record_bytes(content)
+            total += size
             self.ledger.append({"round": server_round, "node": node, "phase": phase, "direction": "down", "bytes": size})
+            self.sent.append(Message(content=content, message_type=message_type, dst_node_id=node))
         if phase == "train":
-            stats.sampled, stats.down_bytes = len(nodes), size * len(nodes)
+            stats.sampled, stats.down_bytes = len(nodes), total
         else:
-            stats.eval_down_bytes = size * len(nodes)
-        self.sent = [Message(content=content, message_type=message_type, dst_node_id=node) for node in nodes]
+            stats.eval_down_bytes = total
         return self.sent
 
     def round_stats(self, server_round: int) -> RoundStats:
@@ -109,6 +116,7 @@ class PrancFedStrategy(FedAvg):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
+        self.state = self.method.begin_round(self.state, server_round, self.server_memory)
         return self._broadcast(server_round, grid, self.fraction_train, "train", MessageType.TRAIN)
 
     def _check_reply(self, msg: Message, phase: str) -> tuple[int, MetricRecord]:
@@ -149,6 +157,7 @@ class PrancFedStrategy(FedAvg):
             except InvalidReply as e:
                 log.warning("round %d: dropped %s reply of node %s: %s", server_round, phase, node, e)
                 stats.dropped[str(node)] = str(e)
+                self.node_periods.pop(node, None)  # it may have lost its state: catch it up from the start
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         stats = self.round_stats(server_round)
@@ -159,7 +168,9 @@ class PrancFedStrategy(FedAvg):
             except InvalidReply as e:
                 log.warning("round %d: dropped train reply of node %s: %s", server_round, node, e)
                 stats.dropped[str(node)] = str(e)
+                self.node_periods.pop(node, None)
                 continue
+            self.node_periods[node] = self.method.period(self.state)
             weights.append(examples)
             losses.append(float(metrics.get("train-loss", float("nan"))))
         stats.received = len(deltas)

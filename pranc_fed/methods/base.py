@@ -132,6 +132,18 @@ class Method(ABC):
         mean = {k: sum(wi * d[k] for wi, d in zip(w, replies)).astype(np.float32) for k in state}
         return optimizer.step(state, mean)
 
+    def begin_round(self, state: State, server_round: int, memory: dict) -> State:
+        """The server's state as a training round starts (re-seeded PRANC folds a finished period here)."""
+        return state
+
+    def period(self, state: State) -> int:
+        """How many periods of catch-up data (catch_up) a client needs to hold this state."""
+        return 0
+
+    def catch_up(self, state: State, memory: dict, known: int) -> dict[str, Array]:
+        """Arrays a client that holds `known` periods needs besides the broadcast; sent to it alone."""
+        return {}
+
     def setting(self) -> str:
         """Short label of the settings that change what travels (e.g. K5000, fp16, d0.01-ef): names
         a run in `pranc-fed compare`."""
