@@ -407,6 +407,8 @@ def format_inspection(info: dict[str, Any]) -> str:
         ("basis", f"seed {info['seed']}, K = {info['num_coeffs']:,}, layout {info['layout']}"),
         ("fingerprint", f"{info['fingerprint']} (regenerated from the seed: ok)"),
         ("alpha", f"{info['num_coeffs']:,} x {info['alpha_dtype']} ({info['alpha_bytes']:,} bytes)"),
+        *([("periods", f"{info['periods']} re-seeded periods: history of {info['periods']} x {info['num_coeffs']:,} "
+                        f"float32 ({info['history_bytes']:,} bytes)")] if info["periods"] else []),
         ("local params", f"{info['local_tensors']} tensors, {info['local_values']:,} values "
                          f"({info['local_bytes']:,} bytes)" if info["local_tensors"] else "none"),
         ("expands to", f"{info['total_params']:,} parameters ({info['covered_params']:,} from the basis + "

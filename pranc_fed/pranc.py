@@ -56,6 +56,7 @@ class PrancModel(nn.Module):
                             "cache_dtype": cache_dtype}
         self.basis = Basis.for_module(module, num_coeffs, seed, self.arch, **self._basis_args)
         self.history: list[torch.Tensor] = []  # the folded alphas of earlier re-seeding periods
+        self.seed_fingerprint = self.basis.fingerprint  # of period 0: names the run whatever the period
         self.alpha = nn.Parameter(torch.zeros(num_coeffs, device=device))
         self.covered_names = [s.name for s in self.basis.segments]
         covered = set(self.covered_names)

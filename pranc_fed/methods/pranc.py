@@ -71,7 +71,7 @@ class Pranc(Method):
         return "-".join([f"K{p.num_coeffs}", *extras])
 
     def fingerprint(self, model: PrancModel) -> str:
-        return str(model.fingerprint)
+        return str(model.seed_fingerprint)  # messages also carry their period (module docstring)
 
     # ---------------------------------------------------------------- state
 
