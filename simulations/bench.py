@@ -8,7 +8,8 @@ batch 128), in one process, with the official approach run next to ours as the b
 
 * machine: memory-copy bandwidth (torch copy_ of 512 MB: bytes read + written per second) and
   reduction bandwidth (torch.sum over a 512 MB float32 array).
-* generation throughput (basis values/s): this engine (numpy Philox, all torch threads), the torch
+* generation throughput (basis values/s): this engine (numba-compiled Philox, all torch threads), the
+  previous numpy engine (its fallback), the torch
   int64 reference of the same spec, and torch's own RNG filling a tensor (what the official code
   uses: fast, but its bits differ between CPU and CUDA and across GPU models).
 * per variant of B, expand (theta0 + B alpha) and project (B^T g), each with the bytes of B it
@@ -129,17 +130,21 @@ def machine_info() -> dict:
 
 
 def generation_rates(basis: Basis) -> dict:
-    """Values/s: this engine, the torch int64 reference, and torch's RNG (the official approach)."""
+    """Values/s: this engine (compiled), numpy's engine (its fallback and predecessor), the torch int64
+    reference, and torch's RNG (the official approach)."""
     k = basis.num_coeffs
     rows = max(4, (8 * 2 ** 20) // k) // 4 * 4            # ~8M values
     small = max(4, rows // 16) // 4 * 4
     block = basis.blocks[0]
+    scale, scratch = basis.bounds[:rows].numpy().astype("float64") * 2.0 ** -24, torch.empty(rows, k).numpy()
     t = interleaved({
         "engine": lambda: basis._generate(block, 0, rows),
+        "numpy_engine": lambda: basis_mod._fill_values_numpy(basis.seed, 0, 0, rows, 0, k, scale, scratch),
         "torch_reference": lambda: basis_mod._unit_block_torch(basis.seed, 0, small, 0, k, "cpu"),
         "torch_rng": lambda: torch.empty(rows * k).uniform_(-1, 1),
     }, 2)
     out = {"engine_values_per_s": rows * k / t["engine"]["min_s"],
+           "numpy_engine_values_per_s": rows * k / t["numpy_engine"]["min_s"],
            "torch_reference_values_per_s": small * k / t["torch_reference"]["min_s"],
            "official_torch_rng_values_per_s": rows * k / t["torch_rng"]["min_s"]}
     if torch.cuda.is_available():
@@ -491,9 +496,12 @@ def table(results: dict) -> str:
         for name, why in m["skipped"].items():
             lines.append(f"{m['arch']:9s} {name:9s} skipped: {why}")
         g = m["generation"]
-        lines.append(f"{m['arch']:9s} generation: engine {g['engine_values_per_s'] / 1e6:.0f} M/s, torch reference "
-                     f"{g['torch_reference_values_per_s'] / 1e6:.1f} M/s, torch RNG (official) "
-                     f"{g['official_torch_rng_values_per_s'] / 1e6:.0f} M/s")
+        lines.append(f"{m['arch']:9s} generation: engine {g['engine_values_per_s'] / 1e6:.0f} M/s "
+                     f"({g['engine_values_per_s'] / g['numpy_engine_values_per_s']:.1f}x numpy's engine at "
+                     f"{g['numpy_engine_values_per_s'] / 1e6:.0f} M/s, "
+                     f"{g['engine_values_per_s'] / g['official_torch_rng_values_per_s']:.1f}x torch's RNG (official) at "
+                     f"{g['official_torch_rng_values_per_s'] / 1e6:.0f} M/s), torch reference "
+                     f"{g['torch_reference_values_per_s'] / 1e6:.1f} M/s")
     return "\n".join(lines)
 
 
