@@ -1,5 +1,5 @@
-"""`pranc-fed compare`: every method of methods.compare (pranc once per K of methods.compare_num_coeffs and
-per codec pair of methods.compare_codecs)
+"""`pranc-fed compare`: every method of methods.compare (pranc once per K of methods.compare_num_coeffs,
+codec pair of methods.compare_codecs and re-seeding period of methods.compare_reseed_periods)
 run as a Flower simulation on one config, so all share partitions, model, rounds, client sampling and
 seeds; then one table of accuracy against cumulative bytes.
 
@@ -69,9 +69,11 @@ def plan(config_path: str | Path, overrides: list[str]) -> list[Run]:
     cfg = load_config(config_path, overrides)
     runs = []
     for name in dict.fromkeys(cfg.methods.compare):
-        variants = [[f"pranc.num_coeffs={k}", *_codec_overrides(codecs)]
-                    for k in dict.fromkeys(cfg.methods.compare_num_coeffs)
-                    for codecs in dict.fromkeys(cfg.methods.compare_codecs)] if name == "pranc" else [[]]
+        m = cfg.methods
+        variants = [[f"pranc.num_coeffs={k}", *_codec_overrides(codecs), f"pranc.reseed_period={period}"]
+                    for period in dict.fromkeys(m.compare_reseed_periods)
+                    for k in dict.fromkeys(m.compare_num_coeffs)
+                    for codecs in dict.fromkeys(m.compare_codecs)] if name == "pranc" else [[]]
         for extra in variants:
             run_overrides = [*overrides, f"federation.method={name}", *extra]
             run_cfg = load_config(config_path, run_overrides)
@@ -93,6 +95,7 @@ def _codec_overrides(codecs: str) -> list[str]:
 
 # Keys that do not change what a run does: where it writes, and what the comparison lists and reports.
 NOT_RUN_SETTINGS = ("out_dir", "methods.compare", "methods.compare_num_coeffs", "methods.compare_codecs",
+                    "methods.compare_reseed_periods",
                     "methods.target_accuracy",
                     "methods.lr_search", "methods.lr_search_rounds")
 

@@ -125,6 +125,7 @@ class MethodsConfig:
     compare_num_coeffs: list[int] = _f([1000, 5000, 10000], ge=1)  # K values pranc is compared at
     compare_codecs: list[str] = _f(["float32"], pattern=(rf"({'|'.join(CODECS)})(/({'|'.join(CODECS)}))?",
                                                          "a codec, or UPLINK/DOWNLINK codecs such as int4/int8"))  # pranc runs once per K per entry
+    compare_reseed_periods: list[int] = _f([0], ge=0)  # and once per pranc.reseed_period of this list
     target_accuracy: list[float] = _f([0.97], gt=0, le=1)  # accuracies whose cost in bytes and rounds is reported
     lr_search: list[float] = _f([1.0], gt=0)  # multipliers of each method's own lr tried before its run; [1.0] = none
     lr_search_rounds: int = _f(2, ge=1)  # rounds of each lr-search run (the same budget for every method)

@@ -57,10 +57,12 @@ def test_report_numbers_come_from_the_csv(tmp_path: Path) -> None:
     assert (tmp_path / "accuracy_vs_bytes.png").stat().st_size > 1000
 
 
-def test_plan_runs_pranc_once_per_k_and_codec_pair() -> None:
+def test_plan_runs_pranc_once_per_k_codec_pair_and_period() -> None:
     runs = plan(CONFIG, ["methods.compare=[pranc]", "methods.compare_num_coeffs=[100, 200]",
-                         "methods.compare_codecs=[float32, int4/int8]"])
-    assert [r.label for r in runs] == ["pranc-K100", "pranc-K100-int4-int8", "pranc-K200", "pranc-K200-int4-int8"]
+                         "methods.compare_codecs=[float32, int4/int8]", "methods.compare_reseed_periods=[0, 2]"])
+    assert [r.label for r in runs] == ["pranc-K100", "pranc-K100-int4-int8", "pranc-K200", "pranc-K200-int4-int8",
+                                       "pranc-K100-P2", "pranc-K100-int4-int8-P2", "pranc-K200-P2",
+                                       "pranc-K200-int4-int8-P2"]
     assert (runs[1].cfg.pranc.uplink_codec, runs[1].cfg.pranc.downlink_codec) == ("int4", "int8")
     with pytest.raises(ConfigError, match="compare_codecs"):
         plan(CONFIG, ["methods.compare_codecs=[int3]"])
