@@ -120,7 +120,7 @@ def _save_model(cfg, method, strategy, model, bundle, out: Path) -> Path:
 
 def _summary(cfg, strategy, rows, model, fingerprint, model_file, wall) -> dict:
     from .models import count_parameters
-    covered, local = count_parameters(model.module if isinstance(model, PrancModel) else model)
+    covered, local = count_parameters(strategy.method.network(model))
     accuracies = [r["test_accuracy"] for r in rows]
     return {
         "method": cfg.federation.method, "name": cfg.name, "arch": cfg.model.arch, "dataset": cfg.data.dataset,

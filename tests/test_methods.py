@@ -463,3 +463,12 @@ def test_fedpm_trains_scores_only_and_rejects_bad_masks() -> None:
                            ({"theta": to_array(np.zeros(44_426, np.float32))}, "keys")]:
         with pytest.raises(InvalidReply, match=reason):
             m.decode_up(ArrayRecord(arrays), state)
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_method_counts_the_weights_of_the_same_network(name: str) -> None:
+    """Bits per weight divide by the plain network's size, never by a wrapper's extra tensors (fedpm's scores)."""
+    from pranc_fed.models import count_parameters
+    m = method(name, "pranc.num_coeffs=16")
+    model = m.build_model(load_dataset("mnist"), torch.device("cpu"))
+    assert sum(count_parameters(m.network(model))) == 44_426

@@ -120,6 +120,10 @@ class Method(ABC):
     def decode_up(self, record: ArrayRecord, state: State) -> State:
         """The delta a reply proposes for the global state; raises InvalidReply on anything malformed."""
 
+    def network(self, model: nn.Module) -> nn.Module:
+        """The plain network the model stands for: its weights are what bits per weight count."""
+        return model
+
     def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         """The client's local optimiser."""
         from ..training import make_optimizer

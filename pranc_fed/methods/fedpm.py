@@ -91,6 +91,9 @@ class FedPM(Method):
         self.load_state(net, {"theta": np.full(net.weights.numel(), 0.5, np.float32)})
         return net
 
+    def network(self, model: MaskedNetwork) -> nn.Module:
+        return model.module
+
     def make_optimizer(self, model: MaskedNetwork) -> torch.optim.Optimizer:
         return torch.optim.Adam([model.scores], lr=self.cfg.methods.fedpm_lr)
 

@@ -70,6 +70,9 @@ class Pranc(Method):
                  ([f"P{p.reseed_period}"] if p.reseed_period else [])
         return "-".join([f"K{p.num_coeffs}", *extras])
 
+    def network(self, model: PrancModel) -> torch.nn.Module:
+        return model.module
+
     def fingerprint(self, model: PrancModel) -> str:
         return str(model.seed_fingerprint)  # messages also carry their period (module docstring)
 
