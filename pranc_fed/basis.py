@@ -630,15 +630,17 @@ class Basis:
 
     # -- generation
 
-    def _values(self, stream: int, row0: int, row1: int, col0: int, col1: int) -> torch.Tensor:
-        """float32(b_i * u) for rows [row0, row1) x cols [col0, col1) on self.device."""
+    def _values(self, stream: int, row0: int, row1: int, col0: int, col1: int,
+                out: torch.Tensor | None = None) -> torch.Tensor:
+        """float32(b_i * u) for rows [row0, row1) x cols [col0, col1) on self.device (CPU: into out if given)."""
         global generated_values
         if stream == _STREAM_BASIS:
             generated_values += (row1 - row0) * (col1 - col0)
         if self.device.type != "cpu":
             u = _unit_block_torch(self.seed, row0, row1, col0, col1, self.device, stream)
             return u.mul_(self.bounds[row0:row1, None])
-        out = torch.empty(row1 - row0, col1 - col0, dtype=torch.float32)
+        if out is None:
+            out = torch.empty(row1 - row0, col1 - col0, dtype=torch.float32)
         scale = self.bounds[row0:row1].numpy().astype(np.float64) * 2.0 ** -24     # b_i * 2^-24, exact
         _fill_values(self.seed, stream, row0, row1, col0, col1, scale, out.numpy())
         return out
@@ -760,17 +762,22 @@ class Basis:
     def chunks(self) -> Iterator[tuple[Block, int, int, torch.Tensor]]:
         """(block, row0, row1, B[row0:row1, block cols]) as float32, streamed under the memory budget.
 
-        Read-only: with cache disk the values are a read-only memory map; copy before modifying.
+        Read-only, and valid until the next chunk: with cache disk the values are a read-only memory
+        map, without a cache the next chunk overwrites them; copy what you keep.
         """
         for n, block in enumerate(self.blocks):
             if self._cached is not None:
                 yield block, block.row0, block.row1, self._cached[n].float()
                 continue
-            # Two live chunks (values + generator temporaries) must fit the budget.
-            rows = self._row_step(block, 8)
+            # Fused streaming: one cache-sized tile, generated, used by the caller and overwritten by the next
+            # one (fresh memory for every chunk would cost more in page faults than generating it).
+            cols = block.col1 - block.col0
+            rows = min(self._row_step(block, 8), max(4, _TILE_ELEMS * 4 // cols // 4 * 4))
+            tile = torch.empty(rows * cols, dtype=torch.float32, device=self.device)
             for r0 in range(block.row0, block.row1, rows):
                 r1 = min(block.row1, r0 + rows)
-                yield block, r0, r1, self._generate(block, r0, r1)
+                yield block, r0, r1, self._values(_STREAM_BASIS, r0, r1, block.col0, block.col1,
+                                                  tile[:(r1 - r0) * cols].view(r1 - r0, cols))
 
     def matrix(self) -> torch.Tensor:
         """The dense d x K matrix B: only for tests and small models."""
