@@ -14,9 +14,13 @@ for n values in blocks of b (nb = ceil(n / b) blocks, the last one possibly shor
     int4      key uint8 (ceil(n/2),): q + 7, q in        ceil(n/2) + 4 nb    s / 2 (nearest)
               [-7, 7], two 4-bit fields per byte, LSB first
               key.scale float32 (nb,): s = max|x| / 7
-    nf4       key uint8 (ceil(n/2),): index into NF4     ceil(n/2) + 4 nb    s * 0.139 (nearest; the
-              (16 levels in [-1, 1], QLoRA), packed                          widest gap is 0.277)
+    nf4       key uint8 (ceil(n/2),): index into NF4     ceil(n/2) + 4 nb    s * 0.152 (nearest; the
+              (16 levels in [-1, 1], QLoRA), packed                          widest gap is 0.304)
               as int4
+              key.scale float32 (nb,): s = max|x|
+    int2      key uint8 (ceil(n/4),): q + 1, q in        ceil(n/4) + 4 nb    s / 2 (nearest)
+              {-1, 0, 1}, four 2-bit fields per byte,
+              LSB first (ternary, as TernGrad)
               key.scale float32 (nb,): s = max|x|
 
 The value is level(q) * s. A block that is all zero gets s = 1 (scales are always positive).
@@ -254,30 +258,34 @@ class Int8(BlockScaled):
         return codes.astype(np.int64) + 127
 
 
-class Nibbles(BlockScaled):
-    """16 levels at most, two 4-bit indices per byte (LSB first)."""
+class Packed(BlockScaled):
+    """Level indices of `bits` bits each, packed LSB first."""
+
+    bits: int
 
     def code_spec(self, n):
-        return "uint8", (packed_size(n, 4),)
+        return "uint8", (packed_size(n, self.bits),)
 
     def pack(self, idx):
-        return pack_bits(idx, 4)
+        return pack_bits(idx, self.bits)
 
     def unpack(self, codes, n, key):
-        idx = unpack_bits(codes, n, 4, key).astype(np.int64)
+        idx = unpack_bits(codes, n, self.bits, key).astype(np.int64)
         if (idx >= len(self.levels)).any():
-            raise InvalidReply(f"{key}: a 4-bit code exceeds {len(self.levels) - 1}")
+            raise InvalidReply(f"{key}: a {self.bits}-bit code exceeds {len(self.levels) - 1}")
         return idx
 
 
-class Int4(Nibbles):
+class Int4(Packed):
     name = "int4"
+    bits = 4
     levels = np.arange(-7, 8, dtype=np.float64)  # 15 levels: code 15 is never sent
     scale_divisor = 7.0
 
 
-class NF4(Nibbles):
+class NF4(Packed):
     name = "nf4"
+    bits = 4
     # The NormalFloat-4 levels of QLoRA (Dettmers et al. 2023): quantiles of N(0, 1), scaled to [-1, 1].
     levels = np.array([-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
                        -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
@@ -286,7 +294,14 @@ class NF4(Nibbles):
     scale_divisor = 1.0
 
 
-CODECS: dict[str, Callable[[int, str], Codec]] = {c.name: c for c in (Float32, Float16, BFloat16, Int8, Int4, NF4)}
+class Int2(Packed):
+    name = "int2"
+    bits = 2
+    levels = np.array([-1.0, 0.0, 1.0])  # code 3 is never sent
+    scale_divisor = 1.0
+
+
+CODECS: dict[str, Callable[[int, str], Codec]] = {c.name: c for c in (Float32, Float16, BFloat16, Int8, Int4, NF4, Int2)}
 
 
 def make_codec(name: str, block: int = 256, rounding: str = "nearest") -> Codec:

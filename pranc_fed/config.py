@@ -73,7 +73,7 @@ class PrancConfig:
     alpha_dtype: str = _f("float32", choices=("float32", "float16"))  # dtype of alpha in .pranc model files
     uplink_codec: str = _f("float32", choices=tuple(CODECS))  # how a client's change of alpha travels (codecs.py)
     downlink_codec: str = _f("float32", choices=tuple(CODECS))  # how the server's alpha travels (codecs.py)
-    codec_block: int = _f(256, ge=1, le=2**20)  # values per scale of the int8/int4/nf4 codecs
+    codec_block: int = _f(256, ge=1, le=2**20)  # values per scale of the int8/int4/nf4/int2 codecs
     codec_rounding: str = _f("nearest", choices=ROUNDINGS)  # nearest, or stochastic (unbiased) rounding
     error_feedback: bool = _f(True)  # what rounding lost is added to the next message (client up, server down)
     reseed_period: int = _f(0, ge=0)  # rounds per basis; each period's alpha is folded into theta0 (0 = one fixed basis)

@@ -17,8 +17,8 @@ from pranc_fed.models import build_model
 from pranc_fed.pranc import PrancModel
 
 BLOCK = 64
-SCALED = {"int8": 127, "int4": 7, "nf4": 1}  # s = max|x| / divisor
-NF4_WIDEST_GAP = 1.0 - 0.7229568362236023
+SCALED = {"int8": 127, "int4": 7, "nf4": 1, "int2": 1}  # s = max|x| / divisor
+NF4_WIDEST_GAP = 1.0 - 0.6961928009986877  # between -1 and the next level
 
 
 def vector(n: int = 1000, seed: int = 0) -> np.ndarray:
@@ -29,17 +29,20 @@ def vector(n: int = 1000, seed: int = 0) -> np.ndarray:
 
 
 def bound(name: str, x: np.ndarray, rounding: str) -> np.ndarray:
-    """The largest error each value may have (module docstring of codecs.py); stochastic: one step."""
+    """The largest error each value may have (module docstring of codecs.py): half the spacing of the
+    codes around it when rounding to nearest, one spacing when rounding stochastically."""
     steps = 1.0 if rounding == "stochastic" else 0.5
     if name == "float32":
         return np.zeros_like(x)
     if name in ("float16", "bfloat16"):
         mantissa = 10 if name == "float16" else 7
-        ulp = 2.0 ** (np.floor(np.log2(np.maximum(np.abs(x), 2.0 ** -24))) - mantissa)
-        return 2 * steps * ulp + (2.0 ** -24 if name == "float16" else 0)  # fp16's subnormal spacing
+        # the spacing above |x| (the one below is half of it at a power of two); fp16's subnormals: 2^-24
+        spacing = np.maximum(2.0 ** (np.floor(np.log2(np.maximum(np.abs(x), 1e-30))) - mantissa),
+                             2.0 ** -24 if name == "float16" else 0)
+        return steps * spacing
     absmax = np.repeat(np.abs(np.pad(x, (0, -x.size % BLOCK))).reshape(-1, BLOCK).max(1), BLOCK)[:x.size]
     gap = NF4_WIDEST_GAP if name == "nf4" else 1.0
-    return 2 * steps * gap * absmax / SCALED.get(name, 1) * (1 + 1e-6)
+    return steps * gap * absmax / SCALED.get(name, 1) * (1 + 1e-6)
 
 
 @pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
@@ -56,11 +59,11 @@ def test_round_trip_error_is_within_the_stated_bound(name: str, rounding: str) -
 def test_byte_formulas() -> None:
     n, blocks = 1001, -(-1001 // BLOCK)
     expected = {"float32": 4 * n, "float16": 2 * n, "bfloat16": 2 * n, "int8": n + 4 * blocks,
-                "int4": 501 + 4 * blocks, "nf4": 501 + 4 * blocks}
+                "int4": 501 + 4 * blocks, "nf4": 501 + 4 * blocks, "int2": 251 + 4 * blocks}
     assert {name: spec_bytes(make_codec(name, BLOCK).spec("alpha", n)) for name in CODECS} == expected
 
 
-@pytest.mark.parametrize("name", ["float16", "bfloat16", "int8", "int4", "nf4"])
+@pytest.mark.parametrize("name", ["float16", "bfloat16", "int8", "int4", "nf4", "int2"])
 def test_stochastic_rounding_is_unbiased(name: str) -> None:
     """The mean of 4000 independent encodings is the input, within 5 standard errors of one step."""
     codec, x, rng = make_codec(name, BLOCK, "stochastic"), vector(256, seed=3), np.random.default_rng(7)
@@ -91,15 +94,19 @@ def _bad_payloads(name: str, n: int):
         codes = good["alpha"].copy()
         codes[5] = -128
         yield "code -128", good | {"alpha": codes}, "-128"
-    if name in ("int4", "nf4"):
+    if name in ("int4", "nf4", "int2"):
         codes = good["alpha"].copy()
-        codes[-1] |= 0xF0  # n is odd: the last high nibble is padding
+        codes[-1] |= 0xF0 if name != "int2" else 0xC0  # n = 4k + 3: the last field of the last byte is padding
         yield "padding bits", good | {"alpha": codes}, "padding"
         yield "short codes", good | {"alpha": codes[:-1]}, "bytes"
     if name == "int4":
         codes = good["alpha"].copy()
         codes[0] |= 0x0F  # code 15 is not a level
         yield "code 15", good | {"alpha": codes}, "exceeds 14"
+    if name == "int2":
+        codes = good["alpha"].copy()
+        codes[0] |= 0x03  # code 3 is not a level
+        yield "code 3", good | {"alpha": codes}, "exceeds 2"
     if name in ("float16", "bfloat16", "float32"):
         values = good["alpha"].copy()
         values[2] = np.array(0x7FC0, np.uint16) if name == "bfloat16" else np.nan

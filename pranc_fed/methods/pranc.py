@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord
 
-from ..codecs import Codec, InvalidReply, make_codec, seeded_rng
+from ..codecs import BlockScaled, Codec, InvalidReply, make_codec, seeded_rng
 from ..data import DatasetBundle
 from ..pranc import PrancModel
 from ..training import build_pranc
@@ -65,7 +65,7 @@ class Pranc(Method):
         lossy = [c for c in (self.up, self.down) if not c.lossless]
         extras = ([] if codecs == ["float32"] else codecs) + \
                  (["sr"] if p.codec_rounding == "stochastic" and lossy else []) + \
-                 ([f"b{p.codec_block}"] if p.codec_block != 256 and any(c.name in ("int8", "int4", "nf4") for c in lossy) else []) + \
+                 ([f"b{p.codec_block}"] if p.codec_block != 256 and any(isinstance(c, BlockScaled) for c in lossy) else []) + \
                  (["noef"] if not p.error_feedback and lossy else []) + \
                  ([f"P{p.reseed_period}"] if p.reseed_period else [])
         return "-".join([f"K{p.num_coeffs}", *extras])
