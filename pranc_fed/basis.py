@@ -18,6 +18,9 @@ row chunks that fit a memory budget, or use a materialised copy when it fits.
 
 Spec, version 1 (``SPEC_VERSION``): the definition every device must reproduce bit for bit
 ------------------------------------------------------------------------------------------
+(docs/spec.md is the standalone text, with the per-layer rule, the fingerprint recipe and the
+limits; tests/spec_vectors.json holds its expected values.)
+
 For parameter index i (0 <= i < d), basis index j (0 <= j < K) and a 64-bit seed:
 
     key     = (seed mod 2^32, seed div 2^32)
