@@ -20,6 +20,20 @@ from .methods.base import record_bytes
 
 log = logging.getLogger("pranc_fed.strategy")
 
+# The metrics a reply may carry, per phase; anything else is dropped with the reply.
+REPLY_METRICS = {"train": ("num-examples", "train-loss"), "evaluate": ("num-examples", "val-loss", "val-accuracy")}
+QUOTE_HEAD, QUOTE_TAIL = 120, 380
+
+
+def quoted(value: object) -> str:
+    """A client-supplied value for logs and summary.json: repr-escaped (no raw newlines or control
+    characters to forge log lines with), and cut to its start and its end (where a traceback says
+    what went wrong) when long."""
+    text = repr(value)
+    if len(text) <= QUOTE_HEAD + QUOTE_TAIL:
+        return text
+    return f"{text[:QUOTE_HEAD]} ...[{len(text) - QUOTE_HEAD - QUOTE_TAIL} characters]... {text[-QUOTE_TAIL:]}"
+
 
 class ServerOptimizer:
     """Applies the weighted-mean client delta d to the global state.
@@ -122,16 +136,23 @@ class PrancFedStrategy(FedAvg):
     def _check_reply(self, msg: Message, phase: str) -> tuple[int, MetricRecord]:
         """Validate everything but the arrays; returns (num-examples, metrics)."""
         if msg.has_error():
-            raise InvalidReply(f"client error: {msg.error.reason}")
+            raise InvalidReply(f"client error: {quoted(msg.error.reason)}")
         content = msg.content
         required = [("metrics", MetricRecord), ("config", ConfigRecord)]
         for key, kind in required + ([("arrays", ArrayRecord)] if phase == "train" else []):
             if not isinstance(content.get(key), kind):
                 raise InvalidReply(f"missing {kind.__name__} {key!r}")
+        if set(content["config"].keys()) != {"fingerprint"}:
+            raise InvalidReply(f"config keys {quoted(sorted(content['config'].keys()))}, expected ['fingerprint']")
         received = content["config"].get("fingerprint")
         if received != self.fingerprint:
-            raise InvalidReply(f"fingerprint {received!r} differs from the server's {self.fingerprint!r}")
+            raise InvalidReply(f"fingerprint {quoted(received)} differs from the server's {self.fingerprint!r}")
         metrics = content["metrics"]
+        for key, value in metrics.items():
+            if key not in REPLY_METRICS[phase]:
+                raise InvalidReply(f"unexpected metric {quoted(key)}; known: {', '.join(REPLY_METRICS[phase])}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+                raise InvalidReply(f"metric {key!r} is {quoted(value)}, not a finite number")
         examples = metrics.get("num-examples")
         if not isinstance(examples, int) or isinstance(examples, bool) or not 0 < examples <= self.cfg.federation.max_num_examples:
             raise InvalidReply(f"num-examples {examples!r} is not an integer in [1, {self.cfg.federation.max_num_examples}]")
@@ -153,11 +174,16 @@ class PrancFedStrategy(FedAvg):
                 stats.eval_up_bytes += size
             try:
                 examples, metrics = self._check_reply(msg, phase)
+            except Exception as e:  # noqa: BLE001 - whatever a reply holds, it is dropped, never the run
+                self._drop(server_round, phase, node, e)
+            else:
                 yield node, examples, metrics, msg.content.get("arrays")
-            except InvalidReply as e:
-                log.warning("round %d: dropped %s reply of node %s: %s", server_round, phase, node, e)
-                stats.dropped[str(node)] = str(e)
-                self.node_periods.pop(node, None)  # it may have lost its state: catch it up from the start
+
+    def _drop(self, server_round: int, phase: str, node: int, reason: Exception) -> None:
+        text = str(reason) if isinstance(reason, InvalidReply) else f"{type(reason).__name__}: {quoted(str(reason))}"
+        log.warning("round %d: dropped %s reply of node %s: %s", server_round, phase, node, text)
+        self.round_stats(server_round).dropped[str(node)] = text
+        self.node_periods.pop(node, None)  # it may have lost its state: catch it up from the start
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         stats = self.round_stats(server_round)
@@ -165,10 +191,8 @@ class PrancFedStrategy(FedAvg):
         for node, examples, metrics, arrays in self._receive(server_round, replies, "train"):
             try:
                 deltas.append(self.method.decode_up(arrays, self.state))
-            except InvalidReply as e:
-                log.warning("round %d: dropped train reply of node %s: %s", server_round, node, e)
-                stats.dropped[str(node)] = str(e)
-                self.node_periods.pop(node, None)
+            except Exception as e:  # noqa: BLE001 - a reply the method cannot decode is dropped, never the run
+                self._drop(server_round, "train", node, e)
                 continue
             self.node_periods[node] = self.method.period(self.state)
             weights.append(examples)

@@ -152,3 +152,37 @@ def test_a_malformed_quantised_reply_is_dropped_by_the_strategy() -> None:
     np.testing.assert_allclose(strategy.state["alpha"], make_codec("int4", 64).decode(
         "alpha", {"alpha": np.frombuffer(good["alpha"].data, np.uint8),
                   "alpha.scale": np.frombuffer(good["alpha.scale"].data, "<f4")}, n), atol=1e-7)
+
+
+@pytest.mark.parametrize("bad", ["list-metric", "nan-metric", "unknown-metric", "string-metric", "extra-config",
+                                 "decoder-crash", "log-forgery"])
+def test_no_reply_can_crash_the_server_or_forge_its_log(bad, monkeypatch, caplog):
+    """Whatever one reply holds, it is dropped with its reason; the other replies aggregate."""
+    strategy, _ = make_strategy()
+    good = np.full(K, 2.0, np.float32)
+    msg = reply(2, strategy, good)
+    metrics, config = msg.content["metrics"], msg.content["config"]
+    if bad == "list-metric":
+        metrics["train-loss"] = [1.0, 2.0]
+    elif bad == "nan-metric":
+        metrics["train-loss"] = float("nan")
+    elif bad == "unknown-metric":
+        metrics["x" * 10_000] = 1.0
+    elif bad == "string-metric":
+        msg.content["metrics"] = MetricRecord({"num-examples": 100})
+        msg.content["config"]["note"] = "hello"
+    elif bad == "extra-config":
+        config["fingerprint2"] = "z" * 100_000
+    elif bad == "decoder-crash":
+        def boom(record, state):
+            raise KeyError("a bug in a decoder")
+        original = strategy.method.decode_up
+        monkeypatch.setattr(strategy.method, "decode_up",
+                            lambda record, state: boom(record, state) if record is msg.content["arrays"] else original(record, state))
+    elif bad == "log-forgery":
+        config["fingerprint"] = "x\n[pranc-fed] round 12/12  test acc 0.9999\n"
+    strategy.aggregate_train(1, [reply(1, strategy, good), msg])
+    np.testing.assert_array_equal(strategy.state["alpha"], good)
+    reason = strategy.rounds[-1].dropped["2"]
+    assert strategy.rounds[-1].received == 1 and len(reason) < 1000
+    assert "\n" not in reason and all("\n[pranc-fed]" not in r.getMessage() for r in caplog.records)
