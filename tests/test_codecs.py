@@ -6,12 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord
 
 from pranc_fed.codecs import CODECS, InvalidReply, make_codec, spec_bytes
 from pranc_fed.config import load_config
 from pranc_fed.methods import get_method
-from pranc_fed.methods.base import record_bytes, to_array
+from pranc_fed.methods.base import record_bytes
 from pranc_fed.methods.pranc import RESIDUAL_KEY
 from pranc_fed.models import build_model
 from pranc_fed.pranc import PrancModel

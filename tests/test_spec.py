@@ -10,8 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from pranc_fed.basis import _STREAM_THETA0, Basis, Segment, period_seed
+from pranc_fed.basis import _STREAM_THETA0, Basis, Segment, period_seed, unit_block
+from pranc_fed.models import build_model
 
 VECTORS = json.loads((Path(__file__).with_name("spec_vectors.json")).read_text())
 M32 = 0xFFFFFFFF
@@ -125,3 +127,18 @@ def test_the_implementation_reproduces_the_vectors(case: dict) -> None:
 def test_period_seeds() -> None:
     for seed, p, want in VECTORS["period_seeds"]:
         assert period_seed(seed, p) == want == (seed + p * 0x9E3779B97F4A7C15) % 2**64
+
+
+def test_random_elements_and_chunkings_match_the_text() -> None:
+    """Random (i, j) of LeNet at K = 5000 under a seed whose key words are both non-zero, generated one
+    element at a time and as whole rows, against the text's value; theta0 too."""
+    seed = 2 ** 63 + 987654321
+    basis = Basis.for_module(build_model("lenet"), 5000, seed, "lenet", cache="none")
+    spec = SpecReading(VECTORS["model"]["segments"], seed, 5000, "global")
+    rng = np.random.default_rng(0)
+    for i, j in zip(map(int, rng.integers(0, basis.dim, 40)), map(int, rng.integers(0, 5000, 40))):
+        want = bits(spec.B(i, j))
+        assert bits(unit_block(seed, i, i + 1, j, j + 1)[0, 0] * torch.tensor(spec.bound(i))) == want
+        assert bits(basis._generate(basis.blocks[0], i, i + 1)[0, j]) == want
+    for i in map(int, rng.integers(0, basis.dim, 20)):
+        assert bits(basis.theta0[i]) == bits(spec.value(i, 0, 1))
