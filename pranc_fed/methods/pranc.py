@@ -102,16 +102,21 @@ class Pranc(Method):
 
     # ---------------------------------------------------------------- wire
 
+    def _quantize(self, codec: Codec, key: str, values: np.ndarray,
+                  residual: np.ndarray | None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """(codec arrays under key, the vector they encode): values plus the residual when error feedback
+        is on and the residual fits."""
+        target = values
+        if residual is not None and self.cfg.pranc.error_feedback and residual.shape == values.shape:
+            target = values + residual
+        self._draws += 1
+        return codec.encode(key, target, seeded_rng(self.cfg.seed, target, self._draws)), target
+
     def _encode(self, codec: Codec, state: State, memory: dict[str, np.ndarray] | None) -> ArrayRecord:
         """alpha through codec, adding and updating the residual in memory (None: no error feedback);
         the other keys dense float32."""
-        target = state["alpha"]
         feedback = memory is not None and self.cfg.pranc.error_feedback and not codec.lossless
-        residual = memory.get(RESIDUAL_KEY) if feedback else None
-        if residual is not None and residual.shape == target.shape:
-            target = target + residual
-        self._draws += 1
-        arrays = codec.encode("alpha", target, seeded_rng(self.cfg.seed, target, self._draws))
+        arrays, target = self._quantize(codec, "alpha", state["alpha"], memory.get(RESIDUAL_KEY) if feedback else None)
         if feedback:
             memory[RESIDUAL_KEY] = (target - codec.decode("alpha", arrays, target.size)).astype(np.float32)
         dense = {k: v for k, v in state.items() if k != "alpha"}
@@ -171,15 +176,11 @@ class Pranc(Method):
             return state
         history = state[HISTORY_KEY]
         key = f"fold{len(history)}"
-        target = state["alpha"]
-        residual = memory.pop(RESIDUAL_KEY, None)
-        if residual is not None and self.cfg.pranc.error_feedback and residual.shape == target.shape:
-            target = target + residual
-        self._draws += 1
-        arrays = self.down.encode(key, target, seeded_rng(self.cfg.seed, target, self._draws))
+        alpha = state["alpha"]
+        arrays, _ = self._quantize(self.down, key, alpha, memory.pop(RESIDUAL_KEY, None))
         memory.update(arrays)  # the exact bytes every client folds, kept for catch-up
-        folded = self.down.decode(key, arrays, target.size)
-        return state | {"alpha": np.zeros_like(target), HISTORY_KEY: np.vstack([history, folded[None, :]])}
+        folded = self.down.decode(key, arrays, alpha.size)
+        return state | {"alpha": np.zeros_like(alpha), HISTORY_KEY: np.vstack([history, folded[None, :]])}
 
     def period(self, state: State) -> int:
         return len(state[HISTORY_KEY]) if HISTORY_KEY in state else 0
