@@ -115,8 +115,8 @@ def _run_settings(cfg: ExperimentConfig) -> dict:
 
 def is_done(run: Run, folder: Path) -> bool:
     """True when folder holds a finished run of exactly this config; a finished run of another config
-    is an error (resuming into it would mix two experiments)."""
-    if not (folder / "summary.json").exists():
+    is an error (resuming into it would mix two experiments). A failed run is not finished."""
+    if not (folder / "summary.json").exists() or "failure" in json.loads((folder / "summary.json").read_text()):
         return False
     # Through the dataclasses, so a key added since that run compares as its default.
     saved = config_from_dict(json.loads((folder / "config.json").read_text()))

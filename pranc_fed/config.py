@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import operator
 import re
 import shlex
@@ -31,6 +32,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from .codecs import CODECS, ROUNDINGS
+from .robust import AGGREGATIONS, NORM_BOUNDS, WEIGHTINGS
 
 CONFIG_FILE_KEY = "config-file"
 OVERRIDES_KEY = "overrides"  # Flower run-config key naming the YAML file
@@ -67,7 +69,7 @@ class ModelConfig:
 
 @dataclass
 class PrancConfig:
-    num_coeffs: int = _f(5000, ge=1)  # K: basis size = number of alpha coefficients sent
+    num_coeffs: int = _f(5000, ge=1, le=10**8)  # K: basis size = number of alpha coefficients sent
     basis_seed: int = _f(0, ge=0, lt=2**64)  # shared seed that regenerates the basis everywhere
     layout: str = _f("global", choices=("global", "per_layer"))  # one basis for all weights, or one per layer (cheaper)
     alpha_dtype: str = _f("float32", choices=("float32", "float16"))  # dtype of alpha in .pranc model files
@@ -77,7 +79,7 @@ class PrancConfig:
     codec_rounding: str = _f("nearest", choices=ROUNDINGS)  # nearest, or stochastic (unbiased) rounding
     error_feedback: bool = _f(True)  # what rounding lost is added to the next message (client up, server down)
     reseed_period: int = _f(0, ge=0)  # rounds per basis; each period's alpha is folded into theta0 (0 = one fixed basis)
-    basis_budget_mb: float = _f(2048.0, gt=0)  # memory the basis may use before streaming in chunks
+    basis_budget_mb: float = _f(2048.0, gt=0, le=2**30)  # memory the basis may use before streaming in chunks
     cache: str = _f("auto", choices=("auto", "memory", "disk", "none"))  # where a materialised basis is kept
     cache_dtype: str = _f("float32", choices=("float32", "bfloat16", "float16"))  # cached basis precision; half the bytes
     share_local_params: bool = _f(True)  # send norm-layer params/stats; False keeps them on the client (FedBN)
@@ -87,8 +89,8 @@ class PrancConfig:
 @dataclass
 class TrainConfig:
     mode: str = _f("pranc", choices=("pranc", "dense"))  # centralised training (`pranc-fed train`) only
-    epochs: int = _f(10, ge=1)  # centralised training epochs
-    batch_size: int = _f(128, ge=1)  # mini-batch size, centralised and on clients
+    epochs: int = _f(10, ge=1, le=10**5)  # centralised training epochs
+    batch_size: int = _f(128, ge=1, le=10**6)  # mini-batch size, centralised and on clients
     lr: float = _f(0.001, gt=0)  # Adam lr of dense weights and of PRANC local params
     weight_decay: float = _f(0.0, ge=0)  # Adam weight decay
     device: str = _f("auto", pattern=(r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:N"))  # auto = cuda if present
@@ -97,11 +99,11 @@ class TrainConfig:
 @dataclass
 class FederationConfig:
     method: str = _f("pranc", choices=METHODS)  # what clients train and send
-    num_clients: int = _f(3, ge=1)  # number of data partitions / simulated clients
-    rounds: int = _f(3, ge=1)  # federated rounds
+    num_clients: int = _f(3, ge=1, le=10**6)  # number of data partitions / simulated clients
+    rounds: int = _f(3, ge=1, le=10**6)  # federated rounds
     fraction_train: float = _f(1.0, gt=0, le=1)  # share of clients sampled per round
     min_train_clients: int = _f(2, ge=1, le="num_clients")  # min sampled clients, and min replies to aggregate
-    local_epochs: int = _f(1, ge=1)  # client epochs per round
+    local_epochs: int = _f(1, ge=1, le=10**4)  # client epochs per round
     local_steps: int | None = _f(None, gt=0)  # if set, cap on client optimiser steps per round
     server_optimizer: str = _f("avg", choices=("avg", "avgm", "adam"))  # how the server applies the mean update
     server_lr: float = _f(1.0, gt=0)  # server step size on the mean update
@@ -109,8 +111,21 @@ class FederationConfig:
     client_eval: bool = _f(False)  # client-side evaluation rounds; they cost bytes, so off by default
     num_cpus_per_client: float = _f(1.0, gt=0)  # Flower simulation client resources
     num_gpus_per_client: float = _f(0.0, ge=0)  # Flower simulation client resources (fractions share a GPU)
-    round_timeout: float = _f(600.0, gt=0)  # seconds the server waits for a round's replies
-    max_num_examples: int = _f(10_000_000, ge=1)  # replies claiming more examples are dropped
+    round_timeout: float = _f(600.0, gt=0, le=10**7)  # seconds the server waits for a round's replies
+    min_aggregated_share: float = _f(0.5, ge=0, le=1)  # a run that aggregates fewer of its rounds fails (non-zero exit)
+    max_num_examples: int = _f(10_000_000, ge=1, le=2**53)  # replies claiming more examples are dropped
+    # Robust aggregation (robust.py): what a minority of clients can do to the global model.
+    client_weighting: str = _f("examples", choices=WEIGHTINGS)  # examples (FedAvg) | capped | equal
+    weight_cap: float = _f(2.0, ge=1)  # capped: a reply weighs at most this x the round's median claimed num-examples
+    norm_bound: str = _f("none", choices=NORM_BOUNDS)  # clip or drop updates longer than norm_factor x the median
+    norm_factor: float = _f(3.0, ge=1)  # the bound, in multiples of the round's median update norm
+    aggregation: str = _f("mean", choices=AGGREGATIONS)  # mean | trimmed_mean | median, per coordinate
+    trim_fraction: float = _f(0.2, ge=0, lt=0.5)  # trimmed_mean: share cut from each end (floor(trim x replies))
+
+    def __post_init__(self) -> None:
+        if self.method == "fedpm" and (self.aggregation != "mean" or self.norm_bound != "none"):
+            raise ConfigError("federation.aggregation and federation.norm_bound apply to methods that average "
+                              "updates; fedpm counts sampled masks: set aggregation=mean and norm_bound=none")
 
 
 @dataclass
@@ -128,7 +143,7 @@ class MethodsConfig:
     compare_reseed_periods: list[int] = _f([0], ge=0)  # and once per pranc.reseed_period of this list
     target_accuracy: list[float] = _f([0.97], gt=0, le=1)  # accuracies whose cost in bytes and rounds is reported
     lr_search: list[float] = _f([1.0], gt=0)  # multipliers of each method's own lr tried before its run; [1.0] = none
-    lr_search_rounds: int = _f(2, ge=1)  # rounds of each lr-search run (the same budget for every method)
+    lr_search_rounds: int = _f(2, ge=1, le=10**6)  # rounds of each lr-search run (the same budget for every method)
 
 
 @dataclass
@@ -177,7 +192,9 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
     elif origin is list and isinstance(value, list):
         return [_check_type(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
     elif hint is float and type(value) is int:
-        return float(value)
+        return _check_type(float(value) if abs(value) < 2**1023 else math.inf, hint, key)
+    elif hint is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}: {value!r} is not a finite number")
     elif origin is None and isinstance(value, hint) and (type(value) is not bool or hint is bool):
         return value
     raise ConfigError(f"{key}: expected {_type_name(hint)}, got {value!r} ({type(value).__name__})")

@@ -239,14 +239,15 @@ def show_progress(line: str) -> bool:
     return "[pranc-fed]" in line or "ERROR" in line or "Traceback" in line
 
 
-def simulate(config_path: str | Path, overrides: list[str], cfg, out: Path) -> bool:
-    """Run the config as a Flower simulation (Ray backend); True when the run completed."""
+def simulate(config_path: str | Path, overrides: list[str], cfg, out: Path, app: Path = APP_DIR) -> bool:
+    """Run the config as a Flower simulation (Ray backend) of this app, or of the app folder `app`
+    (another ClientApp with this ServerApp, e.g. simulations/byzantine_client.py); True when the run completed."""
     fed = cfg.federation
     federation = (f"num-supernodes={fed.num_clients} client-resources-num-cpus={fed.num_cpus_per_client:g} "
                   f"client-resources-num-gpus={fed.num_gpus_per_client:g}")
     with FlowerRun(out / "logs") as flower:
         flower.start_superlink(simulation=True)
-        run_id = flower.submit(run_config_for(config_path, overrides, out), federation)
+        run_id = flower.submit(run_config_for(config_path, overrides, out), federation, app)
         print(f"[pranc-fed] simulation run {run_id} submitted; logs in {out / 'logs'}", flush=True)
         flower.stream_logs(run_id, show_progress)
         status = flower.wait(run_id, done_file=out / "summary.json")

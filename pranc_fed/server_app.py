@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -78,10 +79,21 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path) -> dict:
     _write_csv(out / "ledger.csv", strategy.ledger, ["round", "node", "phase", "direction", "bytes"])
     model_file = _save_model(cfg, method, strategy, model, bundle, out)
     summary = _summary(cfg, strategy, rows, model, fingerprint, model_file, time.perf_counter() - started)
+    needed = math.ceil(cfg.federation.min_aggregated_share * cfg.federation.rounds)
+    if summary["rounds_aggregated"] < needed:
+        summary["failure"] = (f"only {summary['rounds_aggregated']} of {cfg.federation.rounds} rounds aggregated, fewer "
+                              f"than federation.min_aggregated_share requires ({needed}); see 'replies' for why")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if "failure" in summary:
+        print(f"[pranc-fed] run failed: {summary['failure']}; results in {out}", flush=True)
+        raise RunFailed(summary["failure"])
     print(f"[pranc-fed] done: final test accuracy {summary['final_test_accuracy']:.4f}, "
           f"{summary['total_bytes']:,} bytes on the wire; results in {out}", flush=True)
     return summary
+
+
+class RunFailed(RuntimeError):
+    """The run ended without enough aggregated rounds: its model is not a result."""
 
 
 def _round_row(strategy: PrancFedStrategy, server_round: int, loss: float, accuracy: float,
@@ -129,7 +141,8 @@ def _summary(cfg, strategy, rows, model, fingerprint, model_file, wall) -> dict:
         "final_val_accuracy": rows[-1]["val_accuracy"] if rows else None,
         "total_up_bytes": sum(r["up_bytes"] for r in rows), "total_down_bytes": sum(r["down_bytes"] for r in rows),
         "total_bytes": sum(r["up_bytes"] + r["down_bytes"] for r in rows),
-        "rounds": len(rows), "clients": cfg.federation.num_clients,
+        "rounds": len(rows), "rounds_aggregated": sum(s.aggregated for s in strategy.rounds),
+        "clients": cfg.federation.num_clients,
         "num_coeffs": cfg.pranc.num_coeffs if isinstance(model, PrancModel) else None,
         "param_count": covered + local, "covered_param_count": covered, "local_param_count": local,
         "dense_fp32_bytes_per_transfer": 4 * (covered + local),

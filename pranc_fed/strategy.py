@@ -14,6 +14,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from . import robust
 from .config import ExperimentConfig
 from .methods import InvalidReply, Method, State
 from .methods.base import record_bytes
@@ -164,8 +165,10 @@ class PrancFedStrategy(FedAvg):
         # An error reply made by the SuperLink (e.g. "node unavailable" after a node died) comes
         # from the SuperLink's own id: name the node the instruction went to instead.
         sent_to = {m.metadata.message_id: m.metadata.dst_node_id for m in self.sent if m.metadata.message_id}
+        silent = set(sent_to.values())
         for msg in replies:
             node = sent_to.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
+            silent.discard(node)
             size = 0 if msg.has_error() else record_bytes(msg.content)
             self.ledger.append({"round": server_round, "node": node, "phase": phase, "direction": "up", "bytes": size})
             if phase == "train":
@@ -178,6 +181,9 @@ class PrancFedStrategy(FedAvg):
                 self._drop(server_round, phase, node, e)
             else:
                 yield node, examples, metrics, msg.content.get("arrays")
+        for node in sorted(silent):
+            self._drop(server_round, phase, node, InvalidReply(
+                f"no reply within federation.round_timeout ({self.cfg.federation.round_timeout:g} s)"))
 
     def _drop(self, server_round: int, phase: str, node: int, reason: Exception) -> None:
         text = str(reason) if isinstance(reason, InvalidReply) else f"{type(reason).__name__}: {quoted(str(reason))}"
@@ -187,16 +193,23 @@ class PrancFedStrategy(FedAvg):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         stats = self.round_stats(server_round)
-        deltas, weights, losses = [], [], []
+        fed = self.cfg.federation
+        valid = []  # (node, num-examples, train-loss, delta)
         for node, examples, metrics, arrays in self._receive(server_round, replies, "train"):
             try:
-                deltas.append(self.method.decode_up(arrays, self.state))
+                valid.append((node, examples, float(metrics.get("train-loss", float("nan"))),
+                              self.method.decode_up(arrays, self.state)))
             except Exception as e:  # noqa: BLE001 - a reply the method cannot decode is dropped, never the run
                 self._drop(server_round, "train", node, e)
-                continue
-            self.node_periods[node] = self.method.period(self.state)
-            weights.append(examples)
-            losses.append(float(metrics.get("train-loss", float("nan"))))
+        bounded, refused = robust.bound_norms([d for *_, d in valid], fed.norm_bound, fed.norm_factor)
+        for i, reason in refused.items():
+            self._drop(server_round, "train", valid[i][0], InvalidReply(reason))
+        kept = [i for i in range(len(valid)) if i not in refused]
+        deltas = [bounded[i] for i in kept]
+        for i in kept:
+            self.node_periods[valid[i][0]] = self.method.period(self.state)
+        weights = robust.client_weights([valid[i][1] for i in kept], fed.client_weighting, fed.weight_cap)
+        losses = [valid[i][2] for i in kept]
         stats.received = len(deltas)
         if len(deltas) < self.cfg.federation.min_train_clients:
             log.warning("round %d: %d valid replies, fewer than federation.min_train_clients=%d; global model kept",
@@ -205,12 +218,13 @@ class PrancFedStrategy(FedAvg):
         new = self.method.aggregate(self.state, deltas, weights, self.optimizer, self.server_memory)
         self.state = {k: v.astype(np.float32) for k, v in new.items()}
         stats.aggregated = True
-        stats.train_loss = float(np.dot(np.asarray(weights, dtype=np.float64) / sum(weights), losses))
+        stats.train_loss = float(np.dot(weights / weights.sum(), losses))
         return self.method.encode_down(self.state), MetricRecord({"train-loss": stats.train_loss})
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
         if not self.cfg.federation.client_eval:
+            self.sent = []  # no evaluation instructions: none can time out
             return []
         return self._broadcast(server_round, grid, 1.0, "evaluate", MessageType.EVALUATE)
 

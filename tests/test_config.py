@@ -138,6 +138,14 @@ def test_wrong_types(override, expected):
         (f"pranc.basis_seed={2**64}", r"pranc.basis_seed: 18446744073709551616 .*< 18446744073709551616"),
         ("methods.compare_num_coeffs=[100, 0]", r"methods.compare_num_coeffs\[1\]: 0 .*>= 1"),
         ("model.arch=''", r"model.arch: must be a non-empty string"),
+        ("train.lr=.inf", r"train.lr: inf is not a finite number"),
+        ("pranc.alpha_lr=.nan", r"pranc.alpha_lr: nan is not a finite number"),
+        ("federation.round_timeout=-.inf", r"federation.round_timeout: -inf is not a finite number"),
+        (f"train.lr={10**400}", r"train.lr: .* is not a finite number"),
+        ("pranc.num_coeffs=1000000000000", r"pranc.num_coeffs: 1000000000000 .*<= 100000000"),
+        ("federation.num_clients=10000000", r"federation.num_clients: 10000000 .*<= 1000000"),
+        ("federation.aggregation=krum", r"federation.aggregation: 'krum' is not allowed; choose one of mean, trimmed_mean, median"),
+        ("federation.trim_fraction=0.5", r"federation.trim_fraction: 0.5 .*< 0.5"),
     ],
 )
 def test_out_of_range(override, expected):

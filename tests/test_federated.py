@@ -186,3 +186,26 @@ def test_no_reply_can_crash_the_server_or_forge_its_log(bad, monkeypatch, caplog
     reason = strategy.rounds[-1].dropped["2"]
     assert strategy.rounds[-1].received == 1 and len(reason) < 1000
     assert "\n" not in reason and all("\n[pranc-fed]" not in r.getMessage() for r in caplog.records)
+
+
+def test_a_run_that_aggregates_no_round_fails_and_says_why(tmp_path):
+    # Every reply claims more examples than the server accepts, so no round aggregates.
+    overrides = ["federation.rounds=1", "federation.num_clients=2", "pranc.num_coeffs=50", "data.train_subset=400",
+                 "data.test_subset=200", "federation.max_num_examples=1"]
+    cfg = load_config("configs/mnist_lenet.yaml", overrides)
+    assert not simulate("configs/mnist_lenet.yaml", overrides, cfg, tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["rounds_aggregated"] == 0
+    assert "only 0 of 1 rounds aggregated" in summary["failure"]
+    assert all("num-examples" in reason for reason in summary["replies"][0]["dropped"].values())
+
+
+def test_a_sampled_node_that_never_replies_is_listed_as_timed_out():
+    strategy, _ = make_strategy()
+    strategy.sent = [instruction(1), instruction(2)]
+    for i, msg in enumerate(strategy.sent):
+        msg.metadata.__dict__["_message_id"] = f"instruction-{i}"  # what Flower sets when it pushes them
+    answer = reply(1, strategy, np.ones(K, np.float32))
+    strategy.aggregate_train(1, [Message(content=answer.content, reply_to=strategy.sent[0])])
+    assert strategy.rounds[-1].dropped == {"2": "no reply within federation.round_timeout (600 s)"}
+    assert strategy.rounds[-1].received == 1

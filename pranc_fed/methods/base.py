@@ -25,6 +25,7 @@ import torch
 from flwr.app import Array, ArrayRecord, RecordDict
 from torch import nn
 
+from .. import robust
 from ..codecs import InvalidReply, check_finite
 from ..config import ExperimentConfig
 from ..data import DatasetBundle
@@ -130,11 +131,11 @@ class Method(ABC):
         return make_optimizer(model, self.cfg)
 
     def aggregate(self, state: State, replies: list[State], weights: list[int], optimizer, memory: dict) -> State:
-        """The next global state from the valid replies' deltas: their mean weighted by num-examples,
-        applied by the server optimiser. memory persists on the server between rounds."""
-        w = np.asarray(weights, dtype=np.float64) / sum(weights)
-        mean = {k: sum(wi * d[k] for wi, d in zip(w, replies)).astype(np.float32) for k in state}
-        return optimizer.step(state, mean)
+        """The next global state from the valid replies' deltas: combined by federation.aggregation
+        (robust.py; mean: weighted by `weights`), applied by the server optimiser. memory persists on
+        the server between rounds."""
+        fed = self.cfg.federation
+        return optimizer.step(state, robust.combine(replies, weights, fed.aggregation, fed.trim_fraction))
 
     def begin_round(self, state: State, server_round: int, memory: dict) -> State:
         """The server's state as a training round starts (re-seeded PRANC folds a finished period here)."""

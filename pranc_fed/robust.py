@@ -1,0 +1,75 @@
+"""Robust aggregation of client updates: what one client, or a minority, can do to the global model.
+
+Every rule acts on the deltas that Method.decode_up returns (PRANC: the change of alpha and of the
+shared local params; dense methods: the change of the weights), per round, in three steps:
+
+    1. weights   examples: w_i = n_i (claimed num-examples, FedAvg)
+                 capped:   w_i = min(n_i, cap * median_j n_j)       a claim cannot buy more than cap x
+                 equal:    w_i = 1
+    2. norm      none;  clip: d_i <- d_i * min(1, c / |d_i|);  drop: refuse d_i if |d_i| > c,
+                 with c = factor * median_j |d_j| (|.| the L2 norm over every key of the delta)
+    3. combine   mean:          sum_i w_i d_i / sum_i w_i
+                 trimmed_mean:  per coordinate, drop the floor(trim * n) smallest and largest values,
+                                average the rest (unweighted, as Flower's FedTrimmedAvg)
+                 median:        per coordinate median (unweighted, as Flower's FedMedian)
+
+The bound scales with the round's median norm, so it needs no tuning per model or learning rate and
+holds while honest clients are the majority. The median and the trimmed mean ignore the weights:
+a claimed size is what an attacker controls most cheaply.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+State = dict[str, np.ndarray]
+
+WEIGHTINGS = ("examples", "capped", "equal")
+NORM_BOUNDS = ("none", "clip", "drop")
+AGGREGATIONS = ("mean", "trimmed_mean", "median")
+
+
+def client_weights(claimed: list[int], rule: str, cap: float) -> np.ndarray:
+    """Step 1: each reply's weight (float64, not normalised)."""
+    n = np.asarray(claimed, dtype=np.float64)
+    if rule == "examples":
+        return n
+    if rule == "capped":
+        return np.minimum(n, cap * np.median(n))
+    if rule == "equal":
+        return np.ones_like(n)
+    raise ValueError(f"unknown client weighting {rule!r}; choose one of {', '.join(WEIGHTINGS)}")
+
+
+def update_norm(delta: State) -> float:
+    return float(np.sqrt(sum(np.sum(np.square(v, dtype=np.float64)) for v in delta.values())))
+
+
+def bound_norms(deltas: list[State], rule: str, factor: float) -> tuple[list[State], dict[int, str]]:
+    """Step 2: (the deltas, clipped where needed; {index: reason} of those refused by `drop`)."""
+    if rule == "none" or not deltas:
+        return deltas, {}
+    norms = [update_norm(d) for d in deltas]
+    bound = factor * float(np.median(norms))
+    if rule == "drop":
+        refused = {i: f"update norm {norm:.4g} exceeds {factor:g} x the round's median norm ({bound:.4g})"
+                   for i, norm in enumerate(norms) if norm > bound}
+        return deltas, refused
+    if rule == "clip":
+        return [d if norm <= bound else {k: (v * (bound / norm)).astype(np.float32) for k, v in d.items()}
+                for d, norm in zip(deltas, norms)], {}
+    raise ValueError(f"unknown norm bound {rule!r}; choose one of {', '.join(NORM_BOUNDS)}")
+
+
+def combine(deltas: list[State], weights: np.ndarray, rule: str, trim: float) -> State:
+    """Step 3: one delta from several, per key."""
+    if rule == "mean":
+        w = np.asarray(weights, dtype=np.float64) / np.sum(weights)
+        return {k: sum(wi * d[k] for wi, d in zip(w, deltas)).astype(np.float32) for k in deltas[0]}
+    stacked = {k: np.stack([d[k] for d in deltas]) for k in deltas[0]}
+    if rule == "median":
+        return {k: np.median(v, axis=0).astype(np.float32) for k, v in stacked.items()}
+    if rule == "trimmed_mean":
+        cut = int(trim * len(deltas))
+        return {k: np.sort(v, axis=0)[cut:len(deltas) - cut].mean(axis=0).astype(np.float32) for k, v in stacked.items()}
+    raise ValueError(f"unknown aggregation {rule!r}; choose one of {', '.join(AGGREGATIONS)}")

@@ -1,0 +1,83 @@
+"""Robust aggregation (robust.py): each rule by hand, and through the strategy on real replies."""
+
+import numpy as np
+import pytest
+
+from pranc_fed import robust
+from pranc_fed.config import ConfigError, load_config
+from tests.test_federated import K, make_strategy, reply, task_identity  # noqa: F401 - fixture
+
+
+def deltas(*rows):
+    return [{"w": np.asarray(r, dtype=np.float32)} for r in rows]
+
+
+def test_weights_follow_the_rule():
+    claimed = [100, 100, 300, 10_000]
+    np.testing.assert_array_equal(robust.client_weights(claimed, "examples", 2), claimed)
+    np.testing.assert_array_equal(robust.client_weights(claimed, "capped", 2), [100, 100, 300, 400])  # median 200
+    np.testing.assert_array_equal(robust.client_weights(claimed, "equal", 2), [1, 1, 1, 1])
+
+
+def test_clip_scales_only_the_long_updates_to_the_bound():
+    rows = deltas([3, 4], [0, 1], [0, 2], [30, 40])  # norms 5, 1, 2, 50: median 3.5
+    clipped, refused = robust.bound_norms(rows, "clip", 2.0)
+    assert refused == {}
+    np.testing.assert_array_equal(clipped[1]["w"], rows[1]["w"])
+    np.testing.assert_allclose([robust.update_norm(d) for d in clipped], [5, 1, 2, 7], rtol=1e-6)
+    np.testing.assert_allclose(clipped[3]["w"] / np.linalg.norm(clipped[3]["w"]), [0.6, 0.8], rtol=1e-6)
+
+
+def test_drop_refuses_the_long_updates_with_a_reason():
+    _, refused = robust.bound_norms(deltas([3, 4], [0, 1], [0, 2], [30, 40]), "drop", 2.0)
+    assert list(refused) == [3] and "exceeds 2 x the round's median norm (7)" in refused[3]
+
+
+def test_norm_covers_every_key():
+    assert robust.update_norm({"a": np.array([3.0]), "b": np.array([4.0])}) == 5.0
+
+
+def test_median_and_trimmed_mean_ignore_one_extreme_per_coordinate():
+    rows = deltas([1, 10], [2, 20], [3, 30], [1000, -1000], [4, 40])
+    w = np.ones(5)
+    np.testing.assert_array_equal(robust.combine(rows, w, "median", 0)["w"], [3, 20])
+    np.testing.assert_allclose(robust.combine(rows, w, "trimmed_mean", 0.2)["w"], [3, 20])  # cuts 1 from each end
+    np.testing.assert_allclose(robust.combine(rows, w, "trimmed_mean", 0.0)["w"],
+                               robust.combine(rows, w, "mean", 0)["w"], rtol=1e-6)
+
+
+def test_weighted_mean():
+    np.testing.assert_allclose(robust.combine(deltas([1.0], [4.0]), np.array([1.0, 3.0]), "mean", 0)["w"], [3.25])
+
+
+def test_fedpm_refuses_rules_that_average_updates():
+    with pytest.raises(ConfigError, match="fedpm counts sampled masks"):
+        load_config(None, ["federation.method=fedpm", "federation.aggregation=median"])
+
+
+@pytest.mark.parametrize("setting", [["federation.aggregation=median"], ["federation.norm_bound=drop"],
+                                     ["federation.aggregation=trimmed_mean", "federation.trim_fraction=0.34"]])
+def test_one_attacker_of_three_cannot_move_the_model_far(setting):
+    strategy, _ = make_strategy(*setting)
+    honest = [np.full(K, 1.0, np.float32), np.full(K, 1.2, np.float32)]
+    replies = [reply(1, strategy, honest[0]), reply(2, strategy, honest[1]),
+               reply(3, strategy, np.full(K, -1e6, np.float32))]
+    strategy.aggregate_train(1, replies)
+    assert np.all((strategy.state["alpha"] >= 1.0) & (strategy.state["alpha"] <= 1.2))
+
+
+def test_a_dropped_long_update_is_listed_with_the_other_drops():
+    strategy, _ = make_strategy("federation.norm_bound=drop")
+    strategy.aggregate_train(1, [reply(1, strategy, np.full(K, 1.0, np.float32)),
+                                 reply(2, strategy, np.full(K, 1.1, np.float32)),
+                                 reply(3, strategy, np.full(K, 50.0, np.float32))])
+    assert list(strategy.rounds[-1].dropped) == ["3"] and strategy.rounds[-1].received == 2
+    np.testing.assert_allclose(strategy.state["alpha"], 1.05, rtol=1e-6)
+
+
+def test_a_claimed_size_buys_at_most_the_cap():
+    strategy, _ = make_strategy("federation.client_weighting=capped", "federation.weight_cap=2")
+    strategy.aggregate_train(1, [reply(1, strategy, np.zeros(K, np.float32), 100),
+                                 reply(2, strategy, np.zeros(K, np.float32), 100),
+                                 reply(3, strategy, np.full(K, 4.0, np.float32), 10_000_000)])
+    np.testing.assert_allclose(strategy.state["alpha"], 4.0 * 200 / 400, rtol=1e-6)
