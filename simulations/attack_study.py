@@ -24,8 +24,8 @@ from pranc_fed.config import load_config  # noqa: E402
 from pranc_fed.runner import simulate  # noqa: E402
 
 # A small MNIST/LeNet PRANC job, so that 48 runs fit in an hour on two cores.
-BASE = ["federation.method=pranc", "pranc.num_coeffs=2000", "pranc.uplink_codec=float32", "pranc.downlink_codec=float32",
-        "data.train_subset=15000", "data.test_subset=5000", "train.batch_size=128", "federation.rounds=6",
+BASE = ["federation.method=pranc", "pranc.num_coeffs=1000", "pranc.uplink_codec=float32", "pranc.downlink_codec=float32",
+        "data.train_subset=8000", "data.test_subset=5000", "train.batch_size=128", "federation.rounds=4",
         "federation.min_train_clients=2"]
 SHARES = {"1of3": (3, [0]), "3of10": (10, [0, 1, 2])}
 ATTACKS = ["none", "scale", "noise", "signflip", "claim", "byteorder"]
