@@ -470,13 +470,30 @@ def _read_mnist_raw(folder: Path) -> dict[str, Any]:
     return _arrays(tx[:, None], ty, vx[:, None], vy, names)
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """CIFAR "python version" batches are pickles of dicts, lists, strings, bytes and numpy arrays.
+    Unpickling can call any importable function, so only numpy's array rebuilders are admitted."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it asks for {module}.{name}, which a CIFAR batch never holds")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict[str, Any]:
-    # CIFAR "python version" batches are pickles written by the dataset authors;
-    # torchvision reads them the same way. Only load folders you trust.
     if not path.is_file():
         raise DatasetError(f"missing CIFAR file {path}")
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="latin1")
+    try:
+        with open(path, "rb") as f:
+            batch = _CifarUnpickler(f, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
+        raise DatasetError(f"{path} is not a CIFAR batch: {e}; get a fresh copy of the dataset") from None
+    if not isinstance(batch, dict):
+        raise DatasetError(f"{path} is not a CIFAR batch: it holds a {type(batch).__name__}, not a dict")
+    return batch
 
 
 def _cifar_images(batch: dict[str, Any]) -> np.ndarray:

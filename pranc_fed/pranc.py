@@ -20,6 +20,7 @@ period n's (seed `period_seed(seed, n)`, which the fingerprint names) around the
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import struct
 from pathlib import Path
@@ -31,6 +32,7 @@ from torch import nn
 from torch.func import functional_call
 
 from .basis import SPEC_VERSION, Basis, Fingerprint, expand_differentiable, period_seed
+from .models import build_model
 
 MAGIC = b"PRANC\0"
 FILE_FORMAT = 1
@@ -168,7 +170,6 @@ class PrancModel(nn.Module):
         """
         header, tensors = read_pranc_file(path)
         if module is None:
-            from .models import build_model
             module = build_model(header["arch"], **header["model_args"])
         model = cls(module, header["num_coeffs"], header["seed"], header["arch"], header["layout"],
                     budget_mb=budget_mb, cache=cache, device=device)
@@ -215,19 +216,23 @@ def read_pranc_file(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.T
     _, fmt, head_len = _PREFIX.unpack_from(body)
     if fmt != FILE_FORMAT:
         raise PrancFileError(f"{path} has file format {fmt}; this pranc-fed reads format {FILE_FORMAT}")
+    if _PREFIX.size + head_len > len(body):
+        raise PrancFileError(f"{path}: its header runs past the end of the file")
     try:
         header = json.loads(body[_PREFIX.size:_PREFIX.size + head_len])
-        specs = [(str(n), _DTYPES[d], tuple(int(x) for x in s)) for n, d, s in header["tensors"]]
-        spec = header["spec"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise PrancFileError(f"{path} has a malformed header ({e!r})") from None
-    if spec != SPEC_VERSION:
-        raise PrancFileError(f"{path} was written with basis spec v{spec}; this pranc-fed implements "
-                             f"v{SPEC_VERSION}: use a pranc-fed release that implements v{spec}")
+    except (ValueError, RecursionError) as e:  # RecursionError: JSON nested too deep
+        raise PrancFileError(f"{path} has a malformed header: not JSON ({type(e).__name__})") from None
+    if isinstance(header, dict) and "spec" in header and header["spec"] != SPEC_VERSION and _is_int(header["spec"]):
+        raise PrancFileError(f"{path} was written with basis spec v{header['spec']}; this pranc-fed implements "
+                             f"v{SPEC_VERSION}: use a pranc-fed release that implements v{header['spec']}")
+    problem = _header_problem(header, len(body))
+    if problem:
+        raise PrancFileError(f"{path} has a malformed header: {problem}")
+    specs = [(n, _DTYPES[d], tuple(s)) for n, d, s in header["tensors"]]
     tensors, offset = {}, _PREFIX.size + head_len
     for name, dtype, shape in specs:
         np_dtype = torch.empty(0, dtype=dtype).numpy().dtype.newbyteorder("<")
-        count = int(np.prod(shape))
+        count = int(np.prod(shape, dtype=np.int64))
         nbytes = count * np_dtype.itemsize
         if offset + nbytes > len(body):
             raise PrancFileError(f"{path}: tensor {name!r} runs past the end of the payload")
@@ -246,4 +251,80 @@ def read_pranc_file(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.T
         raise PrancFileError(f"{path}: periods={periods!r} needs a float32 history of {periods} x {header['num_coeffs']}")
     if not periods and history is not None:
         raise PrancFileError(f"{path}: a history tensor but periods={periods!r}")
+    for name, t in tensors.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise PrancFileError(f"{path}: tensor {name!r} holds NaN or Inf values")
     return header, tensors
+
+
+# Limits a real model stays far inside; a header beyond them is refused before anything is allocated.
+MAX_NUM_COEFFS, MAX_PERIODS, MAX_DIM, MAX_TENSORS = 10**8, 10**6, 10**10, 10_000
+MAX_MODEL_ARG, MAX_TEXT = 2**16, 1000
+LAYOUTS = ("global", "per_layer")
+
+
+def _is_int(value: Any, low: int = 0, high: int = 2**64 - 1) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= MAX_TEXT
+
+
+def _header_problem(header: Any, body_bytes: int) -> str | None:
+    """What is wrong with a parsed header (types, ranges, sizes), or None. Field by field, so that a
+    crafted file fails here with its reason and not later with an exception of the code that reads it."""
+    if not isinstance(header, dict):
+        return f"expected a JSON object, got {type(header).__name__}"
+    checks = {
+        "spec": lambda v: _is_int(v, SPEC_VERSION, SPEC_VERSION),
+        "arch": _is_text,
+        "seed": lambda v: _is_int(v, 0, 2**64 - 1),
+        "periods": lambda v: _is_int(v, 0, MAX_PERIODS),
+        "num_coeffs": lambda v: _is_int(v, 1, MAX_NUM_COEFFS),
+        "layout": lambda v: v in LAYOUTS,
+        "dim": lambda v: _is_int(v, 1, MAX_DIM),
+        "fingerprint": _is_text,
+        "model_args": lambda v: isinstance(v, dict) and all(
+            k in inspect.signature(build_model).parameters and k != "arch" and _is_int(x, 1, MAX_MODEL_ARG)
+            for k, x in v.items()),
+        "metadata": lambda v: isinstance(v, dict),
+        "tensors": lambda v: isinstance(v, list) and len(v) <= MAX_TENSORS,
+    }
+    for key, ok in checks.items():
+        if key == "periods" and key not in header:
+            continue  # files written before re-seeding
+        if key not in header:
+            return f"field {key!r} is missing"
+        if not ok(header[key]):
+            return f"field {key!r} has an invalid value {_short(header[key])}"
+    names = set()
+    for entry in header["tensors"]:
+        if not (isinstance(entry, list) and len(entry) == 3 and _is_text(entry[0]) and isinstance(entry[1], str) and entry[1] in _DTYPES
+                and isinstance(entry[2], list) and len(entry[2]) <= 8 and all(_is_int(x, 0, body_bytes) for x in entry[2])):
+            return f"tensor entry {_short(entry)} is not [name, one of {', '.join(_DTYPES)}, shape]"
+        if entry[0] in names:
+            return f"tensor {entry[0]!r} is listed twice"
+        names.add(entry[0])
+        if int(np.prod(entry[2], dtype=object)) > body_bytes:
+            return f"tensor {entry[0]!r} of shape {entry[2]} is larger than the file"
+    prep = header.get("preprocessing")
+    if prep is not None and not _preprocessing_ok(prep):
+        return f"field 'preprocessing' has an invalid value {_short(prep)}"
+    return None
+
+
+def _preprocessing_ok(prep: Any) -> bool:
+    if not isinstance(prep, dict) or set(prep) != {"mean", "std", "input_shape", "class_names"}:
+        return False
+    shape, mean, std, names = prep["input_shape"], prep["mean"], prep["std"], prep["class_names"]
+    finite = lambda xs: isinstance(xs, list) and all(  # noqa: E731
+        isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x) for x in xs)
+    return (isinstance(shape, list) and len(shape) == 3 and all(_is_int(x, 1, MAX_MODEL_ARG) for x in shape)
+            and finite(mean) and finite(std) and len(mean) == len(std) == shape[0] and all(x > 0 for x in std)
+            and isinstance(names, list) and len(names) <= MAX_MODEL_ARG and all(isinstance(n, str) for n in names))
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:60] + f"... ({len(text)} characters)"

@@ -1,5 +1,6 @@
 import gzip
 import json
+import os
 import pickle
 from pathlib import Path
 
@@ -264,6 +265,27 @@ def test_torchvision_cifar10_and_ambiguous_root(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="several datasets"):
         load_dataset(tmp_path)
     assert len(load_dataset(folder).train) == 10  # the dataset folder itself works
+
+
+class _RunsCode:
+    """A pickle that calls a function when loaded: what a crafted CIFAR batch would do."""
+
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+@pytest.mark.parametrize("payload", ["code", "list", "garbage"])
+def test_a_crafted_cifar_batch_is_refused_without_running_anything(tmp_path: Path, monkeypatch, payload) -> None:
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    monkeypatch.chdir(tmp_path)
+    obj = {"code": {"data": _RunsCode(), "labels": [0]}, "list": [1, 2], "garbage": None}[payload]
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]:
+        (folder / name).write_bytes(b"\x00not a pickle" if payload == "garbage" else pickle.dumps(obj))
+    _clear_process_cache()
+    with pytest.raises(DatasetError, match="is not a CIFAR batch"):
+        load_dataset(folder)
+    assert not (tmp_path / "pwned").exists()
 
 
 # ------------------------------------------------------- loaders, preprocessing
