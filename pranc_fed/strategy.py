@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
@@ -34,6 +34,19 @@ def quoted(value: object) -> str:
     if len(text) <= QUOTE_HEAD + QUOTE_TAIL:
         return text
     return f"{text[:QUOTE_HEAD]} ...[{len(text) - QUOTE_HEAD - QUOTE_TAIL} characters]... {text[-QUOTE_TAIL:]}"
+
+
+def content_size(content: RecordDict) -> int:
+    """A lower bound of a message's serialised size, read without copying or decoding anything:
+    its array data, record keys and text values."""
+    size = 0
+    for key, record in content.items():
+        size += len(key)
+        for name, value in record.items():
+            values = value if isinstance(value, list) else [value]
+            size += len(name) + sum(len(v.data) if isinstance(v, Array) else
+                                    len(v) if isinstance(v, (str, bytes)) else 8 for v in values)
+    return size
 
 
 class ServerOptimizer:
@@ -94,6 +107,8 @@ class PrancFedStrategy(FedAvg):
         self.sent: list[Message] = []  # this phase's instructions (Flower sets their ids when it pushes them)
         self.server_memory: dict[str, np.ndarray] = {}  # the method's own server state (feedback, posteriors)
         self.node_periods: dict[int, int] = {}  # node -> the method's period its last accepted reply was in
+        # No method's reply needs more than four float32 copies of the whole state.
+        self.max_reply_bytes = 16 * sum(v.size for v in state.values()) + 65_536
 
     def _sample(self, grid: Grid, fraction: float) -> list[int]:
         """Seeded sampling over sorted node ids, so every method sees the same clients."""
@@ -169,7 +184,13 @@ class PrancFedStrategy(FedAvg):
         for msg in replies:
             node = sent_to.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
             silent.discard(node)
-            size = 0 if msg.has_error() else record_bytes(msg.content)
+            size = 0 if msg.has_error() else content_size(msg.content)
+            if size > self.max_reply_bytes:  # refused before any of it is re-serialised or decoded
+                self.ledger.append({"round": server_round, "node": node, "phase": phase, "direction": "up", "bytes": size})
+                self._drop(server_round, phase, node, InvalidReply(
+                    f"reply of about {size:,} bytes, more than the {self.max_reply_bytes:,} any reply of this method needs"))
+                continue
+            size = size and record_bytes(msg.content)
             self.ledger.append({"round": server_round, "node": node, "phase": phase, "direction": "up", "bytes": size})
             if phase == "train":
                 stats.up_bytes += size

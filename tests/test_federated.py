@@ -155,6 +155,7 @@ def test_a_malformed_quantised_reply_is_dropped_by_the_strategy() -> None:
 
 
 @pytest.mark.parametrize("bad", ["list-metric", "nan-metric", "unknown-metric", "string-metric", "extra-config",
+                                 "oversized-array", "oversized-string",
                                  "decoder-crash", "log-forgery"])
 def test_no_reply_can_crash_the_server_or_forge_its_log(bad, monkeypatch, caplog):
     """Whatever one reply holds, it is dropped with its reason; the other replies aggregate."""
@@ -179,12 +180,17 @@ def test_no_reply_can_crash_the_server_or_forge_its_log(bad, monkeypatch, caplog
         original = strategy.method.decode_up
         monkeypatch.setattr(strategy.method, "decode_up",
                             lambda record, state: boom(record, state) if record is msg.content["arrays"] else original(record, state))
+    elif bad == "oversized-array":
+        msg.content["arrays"]["padding"] = Array(np.zeros(1_000_000, np.uint8))
+    elif bad == "oversized-string":
+        config["fingerprint"] = ["x" * 1000] * 1000
     elif bad == "log-forgery":
         config["fingerprint"] = "x\n[pranc-fed] round 12/12  test acc 0.9999\n"
     strategy.aggregate_train(1, [reply(1, strategy, good), msg])
     np.testing.assert_array_equal(strategy.state["alpha"], good)
     reason = strategy.rounds[-1].dropped["2"]
     assert strategy.rounds[-1].received == 1 and len(reason) < 1000
+    assert not bad.startswith("oversized") or "more than the" in reason  # refused by size, before decoding
     assert "\n" not in reason and all("\n[pranc-fed]" not in r.getMessage() for r in caplog.records)
 
 
