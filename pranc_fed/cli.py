@@ -23,8 +23,19 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace) -> tuple[ExperimentConfig, Path]:
+    if getattr(args, "resume", None) is not None:
+        if args.out is not None and args.out != args.resume:
+            raise ConfigError("--resume DIR continues the run in DIR: leave out --out, or give it the same folder")
+        args.out, args.overrides = args.resume, [*args.overrides, "federation.resume=true"]
     cfg = load_config(args.config, args.overrides)
     return cfg, args.out or Path(cfg.resolved_out_dir())
+
+
+def _check_resume(cfg: ExperimentConfig, out: Path) -> None:
+    """Before any process starts: a folder to resume must hold a run of this config."""
+    if cfg.federation.resume:
+        from .server_app import check_resume
+        check_resume(cfg, out)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -50,6 +61,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from .runner import simulate
     cfg, out = _load(args)
     load_dataset(cfg.data.dataset)  # a missing dataset fails here, before any process starts
+    _check_resume(cfg, out)
     return 0 if simulate(args.config, args.overrides, cfg, out) else 1
 
 
@@ -60,6 +72,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         args.overrides = [*args.overrides, f"federation.num_clients={args.nodes}"]
     cfg, out = _load(args)
     load_dataset(cfg.data.dataset)  # a missing dataset fails here, before any process starts
+    _check_resume(cfg, out)
     if args.certs and not (args.tls or args.auth):
         raise ConfigError("--certs is only used with --tls or --auth")
     nodes = args.nodes or cfg.federation.num_clients
@@ -173,11 +186,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="centralised training of PRANC (alpha) or the dense model")
     _config_args(p)
     p.set_defaults(run=cmd_train)
+    resume_help = "continue the killed run in DIR after its last complete round (same config and overrides)"
     p = sub.add_parser("simulate", help="run the config as a Flower simulation")
     _config_args(p)
+    p.add_argument("--resume", type=Path, metavar="DIR", help=resume_help)
     p.set_defaults(run=cmd_simulate)
     p = sub.add_parser("deploy", help="run the config on a local SuperLink and SuperNodes (real processes)")
     _config_args(p)
+    p.add_argument("--resume", type=Path, metavar="DIR", help=resume_help)
     p.add_argument("--nodes", type=int, help="number of SuperNodes (default: federation.num_clients)")
     p.add_argument("--tls", action="store_true", help="TLS between SuperLink, SuperNodes and flwr (makes a CA "
                    "and a certificate for 127.0.0.1 unless --certs names a folder with ca.crt, server.pem, server.key)")

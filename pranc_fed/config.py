@@ -112,6 +112,7 @@ class FederationConfig:
     num_cpus_per_client: float = _f(1.0, gt=0)  # Flower simulation client resources
     num_gpus_per_client: float = _f(0.0, ge=0)  # Flower simulation client resources (fractions share a GPU)
     round_timeout: float = _f(600.0, gt=0, le=10**7)  # seconds the server waits for a round's replies
+    resume: bool = _f(False)  # continue from the checkpoint in out_dir after its last complete round (CLI: --resume DIR)
     min_aggregated_share: float = _f(0.5, ge=0, le=1)  # a run that aggregates fewer of its rounds fails (non-zero exit)
     max_num_examples: int = _f(10_000_000, ge=1, le=2**53)  # replies claiming more examples are dropped
     # Robust aggregation (robust.py): what a minority of clients can do to the global model.

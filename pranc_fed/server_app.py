@@ -4,17 +4,22 @@ evaluation after every round, write rounds.csv, summary.json, ledger.csv and the
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
+import os
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
-from flwr.app import ArrayRecord, Context, MetricRecord
+from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from .config import ExperimentConfig, config_from_run_config, config_to_dict
+from .config import ConfigError, ExperimentConfig, config_from_dict, config_from_run_config, config_to_dict
 from .data import load_dataset
 from .methods import get_method
 from .pranc import PrancModel
@@ -23,6 +28,8 @@ from .data import make_loader
 from .training import evaluate, federated_train_sets, model_args, resolve_device, test_loader
 
 APP_DIR = Path(__file__).resolve().parents[1]
+CHECKPOINT = "checkpoint.npz"  # the server's state after the last complete round (--resume)
+LEDGER_FIELDS = ["round", "node", "phase", "direction", "bytes"]
 ROUND_FIELDS = ["round", "clients", "received", "dropped", "up_bytes", "down_bytes", "cum_up_bytes",
                 "cum_down_bytes", "cum_bytes", "train_loss", "val_accuracy", "test_accuracy", "test_loss", "wall_seconds"]
 
@@ -54,36 +61,37 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path) -> dict:
     tests = test_loader(cfg, bundle)
     held_out = federated_train_sets(cfg, bundle)[1]
     validation = None if held_out is None else make_loader(held_out, 1000, shuffle=False, seed=cfg.seed)
-    rows: list[dict] = []
-    (out / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2))
+    rows: list[dict] = _resume(cfg, strategy, out) if cfg.federation.resume else []
+    started -= rows[-1]["wall_seconds"] if rows else 0
+    _atomic_write(out / "config.json", lambda f: f.write(json.dumps(config_to_dict(cfg), indent=2).encode()))
     print(f"[pranc-fed] {cfg.name}: {cfg.federation.method} on {cfg.model.arch}, {cfg.federation.num_clients} "
-          f"clients, {cfg.federation.rounds} rounds, fingerprint {fingerprint}", flush=True)
+          f"clients, {cfg.federation.rounds} rounds, fingerprint {fingerprint}"
+          + (f"; resumed after round {len(rows)}" if rows else ""), flush=True)
 
-    def central_evaluation(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+    def record(server_round: int) -> None:
+        """Central evaluation, then rounds.csv, ledger.csv and the checkpoint, each replaced atomically."""
         method.load_state(model, strategy.state)
         loss, accuracy = evaluate(model, tests, device)
-        if server_round > 0:
-            val_accuracy = None if validation is None else evaluate(model, validation, device)[1]
-            rows.append(_round_row(strategy, server_round, loss, accuracy, val_accuracy, rows,
-                                   time.perf_counter() - started))
-            _write_csv(out / "rounds.csv", rows, ROUND_FIELDS)
-            r = rows[-1]
-            print(f"[pranc-fed] round {server_round}/{cfg.federation.rounds}  clients {r['received']}/{r['clients']}"
-                  f"  up {r['up_bytes']:,} B  down {r['down_bytes']:,} B  total {r['cum_bytes']:,} B"
-                  f"  test acc {accuracy:.4f}  loss {loss:.4f}  {r['wall_seconds']:.0f}s", flush=True)
-        return MetricRecord({"test-accuracy": accuracy, "test-loss": loss})
+        val_accuracy = None if validation is None else evaluate(model, validation, device)[1]
+        rows.append(_round_row(strategy, server_round, loss, accuracy, val_accuracy, rows, time.perf_counter() - started))
+        _atomic_write(out / "rounds.csv", lambda f: _write_csv(f, rows, ROUND_FIELDS))
+        _atomic_write(out / "ledger.csv", lambda f: _write_csv(f, strategy.ledger, LEDGER_FIELDS))
+        arrays, meta = strategy.checkpoint()
+        _atomic_write(out / CHECKPOINT, lambda f: np.savez(f, **arrays, meta=np.array(json.dumps(meta | {"rows": rows}))))
+        r = rows[-1]
+        print(f"[pranc-fed] round {server_round}/{cfg.federation.rounds}  clients {r['received']}/{r['clients']}"
+              f"  up {r['up_bytes']:,} B  down {r['down_bytes']:,} B  total {r['cum_bytes']:,} B"
+              f"  test acc {accuracy:.4f}  loss {loss:.4f}  {r['wall_seconds']:.0f}s", flush=True)
 
-    strategy.start(grid=grid, initial_arrays=method.encode_down(strategy.state), num_rounds=cfg.federation.rounds,
-                   timeout=cfg.federation.round_timeout, evaluate_fn=central_evaluation)
+    strategy.run(grid, len(rows) + 1, cfg.federation.rounds, cfg.federation.round_timeout, record)
 
-    _write_csv(out / "ledger.csv", strategy.ledger, ["round", "node", "phase", "direction", "bytes"])
     model_file = _save_model(cfg, method, strategy, model, bundle, out)
     summary = _summary(cfg, strategy, rows, model, fingerprint, model_file, time.perf_counter() - started)
     needed = math.ceil(cfg.federation.min_aggregated_share * cfg.federation.rounds)
     if summary["rounds_aggregated"] < needed:
         summary["failure"] = (f"only {summary['rounds_aggregated']} of {cfg.federation.rounds} rounds aggregated, fewer "
                               f"than federation.min_aggregated_share requires ({needed}); see 'replies' for why")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    _atomic_write(out / "summary.json", lambda f: f.write(json.dumps(summary, indent=2).encode()))
     if "failure" in summary:
         print(f"[pranc-fed] run failed: {summary['failure']}; results in {out}", flush=True)
         raise RunFailed(summary["failure"])
@@ -110,11 +118,64 @@ def _round_row(strategy: PrancFedStrategy, server_round: int, loss: float, accur
             "wall_seconds": round(wall, 3)}
 
 
-def _write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
+def _write_csv(f: BinaryIO, rows: list[dict], fields: list[str]) -> None:
+    text = io.TextIOWrapper(f, newline="", encoding="utf-8")
+    writer = csv.DictWriter(text, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    text.flush()
+    text.detach()
+
+
+def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write through a temporary file in the same folder, then rename it over path: a reader, or a
+    run killed halfway, sees the old file or the new one, never a part."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def check_resume(cfg: ExperimentConfig, out: Path) -> bool:
+    """True when out holds a checkpoint that cfg can continue; ConfigError when it holds another run's."""
+    if not (out / CHECKPOINT).is_file():
+        return False
+    try:
+        saved = config_from_dict(json.loads((out / "config.json").read_text()))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{out}/config.json cannot be read ({e}); it is needed to resume the run in {out}") from None
+    if _without_resume(saved) != _without_resume(cfg):
+        raise ConfigError(f"{out} holds a run of another config: resume it with the same config and overrides "
+                          "(only federation.rounds may change)")
+    return True
+
+
+def _resume(cfg: ExperimentConfig, strategy: PrancFedStrategy, out: Path) -> list[dict]:
+    """Restore the strategy from out's checkpoint; the rounds.csv rows so far ([] without a checkpoint)."""
+    if not check_resume(cfg, out):
+        print(f"[pranc-fed] {out} holds no checkpoint yet: starting from round 1", flush=True)
+        return []
+    with np.load(out / CHECKPOINT, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files if k != "meta"}
+        meta = json.loads(str(f["meta"]))
+    strategy.restore(arrays, meta)
+    return meta["rows"]
+
+
+def _without_resume(cfg: ExperimentConfig) -> dict:
+    """What must match to resume: everything but the flag, the folder (it may move) and the rounds
+    (more rounds extend a run)."""
+    d = config_to_dict(cfg)
+    d.pop("out_dir")
+    d["federation"].pop("resume")
+    d["federation"].pop("rounds")
+    return d
 
 
 def _save_model(cfg, method, strategy, model, bundle, out: Path) -> Path:

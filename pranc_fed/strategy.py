@@ -3,10 +3,11 @@ and keep a ledger of the bytes every message costs as Flower serialises it."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -109,6 +110,47 @@ class PrancFedStrategy(FedAvg):
         self.node_periods: dict[int, int] = {}  # node -> the method's period its last accepted reply was in
         # No method's reply needs more than four float32 copies of the whole state.
         self.max_reply_bytes = 16 * sum(v.size for v in state.values()) + 65_536
+
+    def run(self, grid: Grid, first_round: int, num_rounds: int, timeout: float,
+            after_round: Callable[[int], None]) -> None:
+        """Flower's Strategy.start from any round (a resumed run starts after its checkpoint);
+        after_round(r) evaluates and records round r."""
+        for server_round in range(first_round, num_rounds + 1):
+            log.info("[ROUND %d/%d]", server_round, num_rounds)
+            replies = grid.send_and_receive(self.configure_train(server_round, ArrayRecord(), ConfigRecord(), grid),
+                                            timeout=timeout)
+            self.aggregate_train(server_round, replies)
+            replies = grid.send_and_receive(self.configure_evaluate(server_round, ArrayRecord(), ConfigRecord(), grid),
+                                            timeout=timeout)
+            self.aggregate_evaluate(server_round, replies)
+            after_round(server_round)
+
+    # Everything a resumed run needs, as arrays (exact, any dtype) and JSON.
+    _SAVED_ARRAYS = {"state": "state", "memory": "server_memory"}
+
+    def checkpoint(self) -> tuple[dict[str, np.ndarray], dict]:
+        arrays = {f"{prefix}:{k}": np.asarray(v) for prefix, attr in self._SAVED_ARRAYS.items()
+                  for k, v in getattr(self, attr).items()}
+        arrays |= {f"optimizer-{moment}:{k}": np.asarray(v) for moment in ("m", "v")
+                   for k, v in getattr(self.optimizer, moment).items()}
+        version, internal, gauss = self.rng.getstate()
+        meta = {"rng": [version, list(internal), gauss], "rounds": [dataclasses.asdict(r) for r in self.rounds],
+                "ledger": self.ledger, "node_periods": {str(k): v for k, v in self.node_periods.items()},
+                "method": self.method.checkpoint()}
+        return arrays, meta
+
+    def restore(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
+        def part(prefix: str) -> dict[str, np.ndarray]:
+            return {k.split(":", 1)[1]: v for k, v in arrays.items() if k.split(":", 1)[0] == prefix}
+        for prefix, attr in self._SAVED_ARRAYS.items():
+            setattr(self, attr, part(prefix))
+        self.optimizer.m, self.optimizer.v = part("optimizer-m"), part("optimizer-v")
+        version, internal, gauss = meta["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+        self.rounds = [RoundStats(**r) for r in meta["rounds"]]
+        self.ledger = meta["ledger"]
+        self.node_periods = {int(k): v for k, v in meta["node_periods"].items()}
+        self.method.restore(meta["method"])
 
     def _sample(self, grid: Grid, fraction: float) -> list[int]:
         """Seeded sampling over sorted node ids, so every method sees the same clients."""

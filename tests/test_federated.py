@@ -215,3 +215,38 @@ def test_a_sampled_node_that_never_replies_is_listed_as_timed_out():
     strategy.aggregate_train(1, [Message(content=answer.content, reply_to=strategy.sent[0])])
     assert strategy.rounds[-1].dropped == {"2": "no reply within federation.round_timeout (600 s)"}
     assert strategy.rounds[-1].received == 1
+
+
+def test_a_killed_run_resumes_to_the_same_final_model(tmp_path):
+    """Interrupt a simulation after its first round, resume it, and get the uninterrupted run's model."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    small = ["federation.num_clients=2", "pranc.num_coeffs=200", "data.train_subset=1500", "data.test_subset=500",
+             "train.batch_size=64", "pranc.alpha_lr=0.03", "federation.rounds=3"]
+    cli = [sys.executable, "-m", "pranc_fed.cli", "simulate", "configs/mnist_lenet.yaml"]
+    cli += [arg for o in small for arg in ("--set", o)]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert simulate("configs/mnist_lenet.yaml", small, load_config("configs/mnist_lenet.yaml", small), whole)
+
+    run = subprocess.Popen([*cli, "--out", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not ((killed / "rounds.csv").is_file() and len((killed / "rounds.csv").read_text().splitlines()) >= 2):
+        assert run.poll() is None and time.monotonic() < deadline, "the run ended before its first round was recorded"
+        time.sleep(0.2)
+    run.send_signal(signal.SIGINT)  # as Ctrl-C: the CLI stops every Flower process it started
+    assert run.wait(timeout=60) != 0
+    assert not (killed / "summary.json").exists()
+    done = len((killed / "rounds.csv").read_text().splitlines()) - 1
+    assert 1 <= done < 3
+
+    resumed = subprocess.run([*cli, "--resume", str(killed)], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"resumed after round {done}" in resumed.stdout
+    assert (killed / "model.pranc").read_bytes() == (whole / "model.pranc").read_bytes()
+    rounds = lambda folder: [{k: v for k, v in r.items() if k != "wall_seconds"}  # noqa: E731
+                             for r in csv.DictReader((folder / "rounds.csv").open())]
+    assert rounds(killed) == rounds(whole)
+    ledger = lambda folder: list(csv.DictReader((folder / "ledger.csv").open()))  # noqa: E731
+    assert len(ledger(killed)) == len(ledger(whole)) == 3 * 2 * 2

@@ -149,6 +149,13 @@ class Method(ABC):
         """Arrays a client that holds `known` periods needs besides the broadcast; sent to it alone."""
         return {}
 
+    def checkpoint(self) -> dict:
+        """The server-side method's own counters (JSON), for a resumed run."""
+        return {}
+
+    def restore(self, saved: dict) -> None:
+        """Take back what checkpoint() returned."""
+
     def setting(self) -> str:
         """Short label of the settings that change what travels (e.g. K5000, fp16, d0.01-ef): names
         a run in `pranc-fed compare`."""

@@ -56,6 +56,12 @@ class Pranc(Method):
         self.reseed_period = p.reseed_period
         self._draws = 0
 
+    def checkpoint(self) -> dict:
+        return {"draws": self._draws}  # seeds the next stochastic rounding
+
+    def restore(self, saved: dict) -> None:
+        self._draws = int(saved["draws"])
+
     def build_model(self, bundle: DatasetBundle, device: torch.device) -> PrancModel:
         return build_pranc(self.cfg, bundle, device)
 
