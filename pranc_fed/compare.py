@@ -157,8 +157,11 @@ def execute(config_path: str | Path, run: Run, folder: Path, simulate: Callable[
     if is_done(run, folder):
         log("finished earlier, kept")
         return True
-    log(f"running into {folder}")
-    if not simulate(config_path, run.overrides, run.cfg, folder) or not (folder / "summary.json").exists():
+    from .server_app import check_resume  # a run killed halfway continues from its last round
+    resume = check_resume(run.cfg, folder)
+    log(f"resuming {folder}" if resume else f"running into {folder}")
+    overrides = [*run.overrides, "federation.resume=true"] if resume else run.overrides
+    if not simulate(config_path, overrides, run.cfg, folder) or not (folder / "summary.json").exists():
         log(f"run failed; see {folder / 'logs'}")
         return False
     return True
