@@ -17,6 +17,7 @@ from .basis import FingerprintMismatch
 from .config import ExperimentConfig, config_from_dict, config_from_run_config, config_to_dict
 from .data import TensorImageDataset, client_split, load_dataset, make_loader, partition_indices
 from .methods import Method, get_method
+from .methods.base import keep_optimizer, restore_optimizer
 from .training import evaluate, federated_train_sets, resolve_device, train_steps
 
 APP_DIR = Path(__file__).resolve().parents[1]
@@ -82,6 +83,8 @@ def train(msg: Message, context: Context) -> Message:
     cfg, fed = node.cfg, node.cfg.federation
     start = node.method.load_down(node.model, msg.content["arrays"], memory)
     optimizer = node.method.make_optimizer(node.model)
+    if fed.keep_client_optimizer:
+        restore_optimizer(optimizer, memory)
     server_round = int(msg.content["config"]["server-round"])
     losses = []
     for epoch in range(fed.local_epochs):
@@ -90,6 +93,8 @@ def train(msg: Message, context: Context) -> Message:
         loss, _ = train_steps(node.model, loader, optimizer, node.device, fed.local_steps)
         losses.append(loss)
     reply = node.method.encode_up(node.model, start, memory)
+    if fed.keep_client_optimizer:
+        keep_optimizer(optimizer, memory)
     if memory:
         context.state[MEMORY_KEY] = ArrayRecord({k: Array(v) for k, v in memory.items()})
     metrics = MetricRecord({"num-examples": len(node.train), "train-loss": float(np.mean(losses))})

@@ -104,6 +104,7 @@ class FederationConfig:
     fraction_train: float = _f(1.0, gt=0, le=1)  # share of clients sampled per round
     min_train_clients: int = _f(2, ge=1, le="num_clients")  # min sampled clients, and min replies to aggregate
     local_epochs: int = _f(1, ge=1, le=10**4)  # client epochs per round
+    keep_client_optimizer: bool = _f(False)  # clients keep their Adam moments between rounds (free on the wire)
     local_steps: int | None = _f(None, gt=0)  # if set, cap on client optimiser steps per round
     server_optimizer: str = _f("avg", choices=("avg", "avgm", "adam"))  # how the server applies the mean update
     server_lr: float = _f(1.0, gt=0)  # server step size on the mean update

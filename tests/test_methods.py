@@ -472,3 +472,31 @@ def test_every_method_counts_the_weights_of_the_same_network(name: str) -> None:
     m = method(name, "pranc.num_coeffs=16")
     model = m.build_model(load_dataset("mnist"), torch.device("cpu"))
     assert sum(count_parameters(m.network(model))) == 44_426
+
+
+@pytest.mark.parametrize("reseed", [0, 1])
+def test_a_client_keeps_its_optimiser_between_rounds_and_drops_it_with_the_basis(reseed: int) -> None:
+    """federation.keep_client_optimizer through the real ClientApp: round 2 starts from round 1's
+    Adam step count and moments; a new basis (re-seeded PRANC) starts them afresh."""
+    from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+    from pranc_fed import client_app
+    from pranc_fed.strategy import PrancFedStrategy
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
+    overrides = ["pranc.num_coeffs=50", "data.train_subset=600", "federation.local_steps=3", "train.batch_size=32",
+                 "federation.keep_client_optimizer=true", f"pranc.reseed_period={reseed}", "federation.num_clients=2"]
+    run_config = {"config-file": "configs/mnist_lenet.yaml", "overrides": " ".join(overrides)}
+    context = Context(1, 7, {"partition-id": 0, "num-partitions": 2}, RecordDict(), run_config)
+    node = client_app.node_for(context)
+    strategy = PrancFedStrategy(node.cfg, node.method, node.method.initial_state(node.model), node.fingerprint)
+    steps = []
+    for server_round in (1, 2):
+        strategy.state = node.method.begin_round(strategy.state, server_round, strategy.server_memory)
+        arrays = node.method.encode_down(strategy.state, strategy.server_memory)
+        arrays = RecordDict({"arrays": type(arrays)(dict(arrays.items()) | node.method.catch_up(
+            strategy.state, strategy.server_memory, 0)), "config": ConfigRecord(
+            {"server-round": server_round, "fingerprint": node.fingerprint})})
+        client_app.train(Message(content=arrays, dst_node_id=7, message_type=MessageType.TRAIN), context)
+        memory = context.state[client_app.MEMORY_KEY]
+        steps.append(float(memory["optimizer:0/step"].numpy()))
+    assert steps == ([3.0, 3.0] if reseed else [3.0, 6.0])

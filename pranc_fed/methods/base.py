@@ -77,6 +77,39 @@ def decode_state(record: ArrayRecord, like: State, dtype_of: Callable[[str], str
     return out
 
 
+OPTIMIZER_PREFIX = "optimizer:"  # a client's kept optimiser state, in its memory (federation.keep_client_optimizer)
+
+
+def keep_optimizer(optimizer: torch.optim.Optimizer, memory: dict[str, np.ndarray]) -> None:
+    """Store the optimiser's per-parameter state (Adam: step and moments) in a client's memory."""
+    for index, entries in optimizer.state_dict()["state"].items():
+        for name, value in entries.items():
+            memory[f"{OPTIMIZER_PREFIX}{index}/{name}"] = torch.as_tensor(value).detach().cpu().numpy().copy()
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, memory: dict[str, np.ndarray]) -> None:
+    """Load what keep_optimizer stored, unless it no longer fits the parameters (then start afresh)."""
+    saved = {k.removeprefix(OPTIMIZER_PREFIX): v for k, v in memory.items() if k.startswith(OPTIMIZER_PREFIX)}
+    if not saved:
+        return
+    current = optimizer.state_dict()
+    params = {i: p for group, spec in zip(optimizer.param_groups, current["param_groups"])
+              for i, p in zip(spec["params"], group["params"])}
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in saved.items():
+        index, _, name = key.partition("/")
+        if not index.isdigit() or int(index) not in params or (value.ndim and value.shape != tuple(params[int(index)].shape)):
+            forget_optimizer(memory)
+            return
+        state.setdefault(int(index), {})[name] = torch.from_numpy(value)
+    optimizer.load_state_dict({"state": state, "param_groups": current["param_groups"]})
+
+
+def forget_optimizer(memory: dict[str, np.ndarray]) -> None:
+    for key in [k for k in memory if k.startswith(OPTIMIZER_PREFIX)]:
+        del memory[key]
+
+
 def record_bytes(content: RecordDict) -> int:
     """Bytes of a message's content as Flower serialises it (protobuf)."""
     from flwr.common.serde import recorddict_to_proto

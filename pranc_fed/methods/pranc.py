@@ -37,7 +37,7 @@ from ..codecs import BlockScaled, Codec, InvalidReply, make_codec, seeded_rng
 from ..data import DatasetBundle
 from ..pranc import PrancModel
 from ..training import build_pranc
-from .base import Method, State, decode_state, float_state, from_array, to_array
+from .base import OPTIMIZER_PREFIX, Method, State, decode_state, float_state, forget_optimizer, from_array, to_array
 
 RESIDUAL_KEY = "error-feedback-residual"
 HISTORY_KEY = "history"  # in the state and in a client's memory: the folded alphas, n x K
@@ -151,7 +151,8 @@ class Pranc(Method):
             model.sync_history(history)
         state = self._decode(self.down, record, _trained(self.initial_state(model)), others)
         self.load_state(model, state)
-        own = {k: torch.from_numpy(v) for k, v in memory.items() if k not in (RESIDUAL_KEY, HISTORY_KEY)}
+        own = {k: torch.from_numpy(v) for k, v in memory.items()
+               if k not in (RESIDUAL_KEY, HISTORY_KEY) and not k.startswith(OPTIMIZER_PREFIX)}
         if not self.cfg.pranc.share_local_params and own:
             # FedBN: this client's own normalisation state survives between rounds.
             model.module.load_state_dict(own, strict=False)
@@ -216,7 +217,8 @@ class Pranc(Method):
             raise InvalidReply(f"the rebuilt history {_period_tag(history).tolist()} differs from the server's "
                                f"{tag.tolist()}")
         if len(history) != len(memory.get(HISTORY_KEY, ())):
-            memory.pop(RESIDUAL_KEY, None)  # the residual of another basis
+            memory.pop(RESIDUAL_KEY, None)  # the residual and the optimiser moments of another basis
+            forget_optimizer(memory)
         memory[HISTORY_KEY] = history
         return history, used
 
