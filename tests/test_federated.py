@@ -40,7 +40,8 @@ def instruction(node: int) -> Message:
 
 def reply(node: int, strategy, alpha, examples=100, fingerprint=None, arrays=None) -> Message:
     if arrays is None:
-        arrays = ArrayRecord({"alpha": strategy.method.encode_down({"alpha": np.asarray(alpha)})["alpha"]})
+        encoded = strategy.method.up.encode("alpha", np.asarray(alpha, np.float32), np.random.default_rng(0))
+        arrays = ArrayRecord({k: to_array(v) for k, v in encoded.items()})
     content = RecordDict({"arrays": arrays, "metrics": MetricRecord({"num-examples": examples, "train-loss": 1.0}),
                           "config": ConfigRecord({"fingerprint": fingerprint or strategy.fingerprint})})
     return Message(content=content, reply_to=instruction(node))

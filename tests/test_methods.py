@@ -115,6 +115,22 @@ def test_pranc_round_trip(pranc_model: PrancModel, dtype: str) -> None:
         assert np.abs(delta - expected).max() <= 2.0 ** -11 * 0.7
 
 
+@pytest.mark.parametrize("codec", ["float32", "int4"])
+def test_an_all_zero_broadcast_travels_as_no_arrays_and_a_partial_one_is_refused(pranc_model: PrancModel,
+                                                                                 codec: str) -> None:
+    m = method("pranc", "pranc.num_coeffs=16", f"pranc.downlink_codec={codec}", "pranc.codec_block=8")
+    state = m.initial_state(pranc_model) | {"alpha": np.zeros(16, np.float32)}
+    assert not any(k.startswith("alpha") for k in m.encode_down(state, {}).keys())
+    np.testing.assert_array_equal(m.load_down(pranc_model, m.encode_down(state, {}), {})["alpha"], np.zeros(16))
+    record = m.encode_down(state | {"alpha": np.linspace(-1, 1, 16, dtype=np.float32)}, {})
+    alpha_keys = [k for k in record.keys() if k.startswith("alpha")]
+    assert alpha_keys
+    del record[alpha_keys[-1]]
+    if len(alpha_keys) > 1:  # some codec arrays but not all
+        with pytest.raises(InvalidReply):
+            m.load_down(pranc_model, record, {})
+
+
 # ---------------------------------------------------------------- compressed deltas: shared behaviour
 
 @pytest.mark.parametrize("name", DELTA_METHODS)

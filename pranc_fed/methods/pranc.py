@@ -2,6 +2,8 @@
 
 alpha travels through the codecs of pranc.downlink_codec and pranc.uplink_codec (layouts in
 codecs.py); the model's other shared parameters (normalisation layers) travel dense in float32.
+A broadcast alpha that is all zeros (the first one, the start of every re-seeded period) travels
+as no arrays at all.
 
     server  broadcast  a' = Q_down(s + e_s);   e_s <- s + e_s - a'     s: the exact global alpha
     client  trains from a', reaches a;  sends  q = Q_up(a - a' + e_c);   e_c <- a - a' + e_c - q
@@ -118,22 +120,28 @@ class Pranc(Method):
         self._draws += 1
         return codec.encode(key, target, seeded_rng(self.cfg.seed, target, self._draws)), target
 
-    def _encode(self, codec: Codec, state: State, memory: dict[str, np.ndarray] | None) -> ArrayRecord:
+    def _encode(self, codec: Codec, state: State, memory: dict[str, np.ndarray] | None,
+                omit_zeros: bool = False) -> ArrayRecord:
         """alpha through codec, adding and updating the residual in memory (None: no error feedback);
-        the other keys dense float32."""
+        the other keys dense float32. omit_zeros (the downlink): an all-zero alpha as no arrays."""
         feedback = memory is not None and self.cfg.pranc.error_feedback and not codec.lossless
         arrays, target = self._quantize(codec, "alpha", state["alpha"], memory.get(RESIDUAL_KEY) if feedback else None)
+        if omit_zeros and not target.any():
+            arrays = {}
         if feedback:
-            memory[RESIDUAL_KEY] = (target - codec.decode("alpha", arrays, target.size)).astype(np.float32)
+            memory[RESIDUAL_KEY] = (target - (codec.decode("alpha", arrays, target.size) if arrays else 0)).astype(np.float32)
         dense = {k: v for k, v in state.items() if k != "alpha"}
         return ArrayRecord({k: to_array(v) for k, v in (arrays | dense).items()})
 
-    def _decode(self, codec: Codec, record: ArrayRecord, like: State, others: set[str] = frozenset()) -> State:
+    def _decode(self, codec: Codec, record: ArrayRecord, like: State, others: set[str] = frozenset(),
+                omit_zeros: bool = False) -> State:
         n = like["alpha"].size
         spec = codec.spec("alpha", n)
+        sent = set(spec) if not omit_zeros or any(k in record for k in spec) else set()  # none: all zeros
         dense = decode_state(record, {k: v for k, v in like.items() if k != "alpha"}, lambda key: "float32",
-                             set(spec) | others)
-        alpha = codec.decode("alpha", {k: from_array(record[k], k, dt, shape) for k, (dt, shape) in spec.items()}, n)
+                             sent | others)
+        alpha = codec.decode("alpha", {k: from_array(record[k], k, dt, shape) for k, (dt, shape) in spec.items()}, n) \
+            if sent else np.zeros(n, np.float32)
         return {"alpha": alpha} | dense
 
     def _with_period(self, record: ArrayRecord, history: np.ndarray | None) -> ArrayRecord:
@@ -142,14 +150,15 @@ class Pranc(Method):
         return record
 
     def encode_down(self, state: State, memory: dict[str, np.ndarray] | None = None) -> ArrayRecord:
-        return self._with_period(self._encode(self.down, _trained(state), memory), state.get(HISTORY_KEY))
+        return self._with_period(self._encode(self.down, _trained(state), memory, omit_zeros=True),
+                                 state.get(HISTORY_KEY))
 
     def load_down(self, model: PrancModel, record: ArrayRecord, memory: dict[str, np.ndarray]) -> State:
         others: set[str] = set()
         if self.reseed_period:
             history, others = self._receive_history(record, memory, model.num_coeffs)
             model.sync_history(history)
-        state = self._decode(self.down, record, _trained(self.initial_state(model)), others)
+        state = self._decode(self.down, record, _trained(self.initial_state(model)), others, omit_zeros=True)
         self.load_state(model, state)
         own = {k: torch.from_numpy(v) for k, v in memory.items()
                if k not in (RESIDUAL_KEY, HISTORY_KEY) and not k.startswith(OPTIMIZER_PREFIX)}
