@@ -32,11 +32,20 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from .codecs import CODECS, ROUNDINGS
-from .robust import AGGREGATIONS, NORM_BOUNDS, WEIGHTINGS
+from .aggregation import AGGREGATIONS, NORM_BOUNDS, SERVER_OPTIMIZERS, WEIGHTINGS
+from .basis import CACHE_DTYPES, CACHES, LAYOUTS
+from .data import PARTITION_SCHEMES
+from .pranc import ALPHA_DTYPES
 
 CONFIG_FILE_KEY = "config-file"
 OVERRIDES_KEY = "overrides"  # Flower run-config key naming the YAML file
-METHODS = ("pranc", "fedavg", "fedavg_fp16", "topk", "qsgd", "signsgd", "fedpm")
+
+
+def method_names() -> tuple[str, ...]:
+    """The registered methods (pranc_fed.methods.METHODS), read when a config is checked: the
+    registry imports this module, so it cannot be imported here."""
+    from .methods import METHODS
+    return tuple(METHODS)
 
 
 class ConfigError(ValueError):
@@ -44,7 +53,10 @@ class ConfigError(ValueError):
 
 
 def _f(default: Any, **rules: Any) -> Any:
-    """A dataclass field with a default (lists are copied) and validation rules."""
+    """A dataclass field with a default (lists are copied; a function gives the list) and validation
+    rules (`choices` may be a function that returns them)."""
+    if callable(default):
+        return field(default_factory=lambda: list(default()), metadata=rules)
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=rules)
     return field(default=default, metadata=rules)
@@ -53,7 +65,7 @@ def _f(default: Any, **rules: Any) -> Any:
 @dataclass
 class DataConfig:
     dataset: str = _f("mnist")  # "mnist" (embedded, offline) or a path to a torchvision root / ImageFolder tree
-    partition: str = _f("iid", choices=("iid", "dirichlet", "pathological"))  # how training data is split over clients
+    partition: str = _f("iid", choices=PARTITION_SCHEMES)  # how training data is split over clients
     dirichlet_alpha: float = _f(0.5, gt=0)  # label skew of `dirichlet`: smaller = more non-IID
     classes_per_client: int = _f(2, ge=1)  # labels each client holds under `pathological`
     val_fraction: float = _f(0.1, ge=0, le=0.9)  # share of each client's data held out for validation
@@ -71,8 +83,8 @@ class ModelConfig:
 class PrancConfig:
     num_coeffs: int = _f(5000, ge=1, le=10**8)  # K: basis size = number of alpha coefficients sent
     basis_seed: int = _f(0, ge=0, lt=2**64)  # shared seed that regenerates the basis everywhere
-    layout: str = _f("global", choices=("global", "per_layer"))  # one basis for all weights, or one per layer (cheaper)
-    alpha_dtype: str = _f("float32", choices=("float32", "float16"))  # dtype of alpha in .pranc model files
+    layout: str = _f("global", choices=LAYOUTS)  # one basis for all weights, or one per layer (cheaper)
+    alpha_dtype: str = _f("float32", choices=ALPHA_DTYPES)  # dtype of alpha in .pranc model files
     uplink_codec: str = _f("float32", choices=tuple(CODECS))  # how a client's change of alpha travels (codecs.py)
     downlink_codec: str = _f("float32", choices=tuple(CODECS))  # how the server's alpha travels (codecs.py)
     codec_block: int = _f(256, ge=1, le=2**20)  # values per scale of the int8/int4/nf4/int2 codecs
@@ -80,8 +92,8 @@ class PrancConfig:
     error_feedback: bool = _f(True)  # what rounding lost is added to the next message (client up, server down)
     reseed_period: int = _f(0, ge=0)  # rounds per basis; each period's alpha is folded into theta0 (0 = one fixed basis)
     basis_budget_mb: float = _f(2048.0, gt=0, le=2**30)  # memory the basis may use before streaming in chunks
-    cache: str = _f("auto", choices=("auto", "memory", "disk", "none"))  # where a materialised basis is kept
-    cache_dtype: str = _f("float32", choices=("float32", "bfloat16", "float16"))  # cached basis precision; half the bytes
+    cache: str = _f("auto", choices=CACHES)  # where a materialised basis is kept
+    cache_dtype: str = _f("float32", choices=tuple(CACHE_DTYPES))  # cached basis precision; half the bytes
     share_local_params: bool = _f(True)  # send norm-layer params/stats; False keeps them on the client (FedBN)
     alpha_lr: float = _f(0.002, gt=0)  # Adam learning rate of alpha
 
@@ -98,7 +110,7 @@ class TrainConfig:
 
 @dataclass
 class FederationConfig:
-    method: str = _f("pranc", choices=METHODS)  # what clients train and send
+    method: str = _f("pranc", choices=method_names)  # what clients train and send
     num_clients: int = _f(3, ge=1, le=10**6)  # number of data partitions / simulated clients
     rounds: int = _f(3, ge=1, le=10**6)  # federated rounds
     fraction_train: float = _f(1.0, gt=0, le=1)  # share of clients sampled per round
@@ -106,7 +118,7 @@ class FederationConfig:
     local_epochs: int = _f(1, ge=1, le=10**4)  # client epochs per round
     keep_client_optimizer: bool = _f(False)  # clients keep their Adam moments between rounds (free on the wire)
     local_steps: int | None = _f(None, gt=0)  # if set, cap on client optimiser steps per round
-    server_optimizer: str = _f("avg", choices=("avg", "avgm", "adam"))  # how the server applies the mean update
+    server_optimizer: str = _f("avg", choices=SERVER_OPTIMIZERS)  # how the server applies the mean update
     server_lr: float = _f(1.0, gt=0)  # server step size on the mean update
     server_momentum: float = _f(0.9, ge=0, lt=1)  # momentum of avgm (beta1 of adam)
     client_eval: bool = _f(False)  # client-side evaluation rounds; they cost bytes, so off by default
@@ -138,7 +150,7 @@ class MethodsConfig:
     downlink_dtype: str = _f("float32", choices=("float32", "float16"))  # what topk/qsgd/signsgd/fedpm broadcast
     fedpm_lr: float = _f(0.1, gt=0)  # Adam lr of fedpm's mask scores
     fedpm_reset_period: int = _f(5, ge=1)  # rounds between resets of fedpm's Beta posterior (1 = plain mean of masks)
-    compare: list[str] = _f(list(METHODS), choices=METHODS)  # methods run by `pranc-fed compare`
+    compare: list[str] = _f(method_names, choices=method_names)  # methods run by `pranc-fed compare`
     compare_num_coeffs: list[int] = _f([1000, 5000, 10000], ge=1)  # K values pranc is compared at
     compare_codecs: list[str] = _f(["float32"], pattern=(rf"({'|'.join(CODECS)})(/({'|'.join(CODECS)}))?",
                                                          "a codec, or UPLINK/DOWNLINK codecs such as int4/int8"))  # pranc runs once per K per entry
@@ -209,8 +221,10 @@ def _check_rules(value: Any, meta: Mapping[str, Any], key: str, siblings: Mappin
             continue
         if isinstance(v, str) and not v:
             raise ConfigError(f"{key}: must be a non-empty string")
-        if "choices" in meta and v not in meta["choices"]:
-            raise ConfigError(f"{key}: {v!r} is not allowed; choose one of {', '.join(meta['choices'])}")
+        choices = meta.get("choices")
+        choices = choices() if callable(choices) else choices
+        if choices is not None and v not in choices:
+            raise ConfigError(f"{key}: {v!r} is not allowed; choose one of {', '.join(choices)}")
         if "pattern" in meta and not re.fullmatch(meta["pattern"][0], v):
             raise ConfigError(f"{key}: {v!r} is not allowed; expected {meta['pattern'][1]}")
         for rule, (op, sym) in _BOUNDS.items():

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from .basis import SPEC_VERSION, Basis, Fingerprint, expand_differentiable, period_seed
+from .basis import LAYOUTS, SPEC_VERSION, Basis, Fingerprint, expand_differentiable, period_seed
 from .models import build_model
 
 MAGIC = b"PRANC\0"
@@ -39,6 +39,7 @@ FILE_FORMAT = 1
 _PREFIX = struct.Struct("<6sHI")
 _DIGEST_BYTES = 32
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64}
+ALPHA_DTYPES = ("float32", "float16")  # what alpha may be stored as
 
 
 class PrancFileError(ValueError):
@@ -144,8 +145,8 @@ class PrancModel(nn.Module):
     def save(self, path: str | Path, alpha_dtype: str = "float32", model_args: dict | None = None,
              preprocessing: dict | None = None, metadata: dict | None = None) -> int:
         """Write a .pranc file; returns its size in bytes."""
-        if alpha_dtype not in ("float32", "float16"):
-            raise ValueError(f"alpha_dtype must be float32 or float16, got {alpha_dtype!r}")
+        if alpha_dtype not in ALPHA_DTYPES:
+            raise ValueError(f"alpha_dtype must be one of {', '.join(ALPHA_DTYPES)}, got {alpha_dtype!r}")
         tensors = {"alpha": self.alpha.detach().to(_DTYPES[alpha_dtype])} | self.local_state()
         if self.history:
             tensors["history"] = torch.stack(self.history)
@@ -260,7 +261,6 @@ def read_pranc_file(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.T
 # Limits a real model stays far inside; a header beyond them is refused before anything is allocated.
 MAX_NUM_COEFFS, MAX_PERIODS, MAX_DIM, MAX_TENSORS = 10**8, 10**6, 10**10, 10_000
 MAX_MODEL_ARG, MAX_TEXT = 2**16, 1000
-LAYOUTS = ("global", "per_layer")
 
 
 def _is_int(value: Any, low: int = 0, high: int = 2**64 - 1) -> bool:

@@ -15,7 +15,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Met
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from . import robust
+from . import aggregation
+from .aggregation import ServerOptimizer
 from .config import ExperimentConfig
 from .methods import InvalidReply, Method, State
 from .methods.base import record_bytes
@@ -48,34 +49,6 @@ def content_size(content: RecordDict) -> int:
             size += len(name) + sum(len(v.data) if isinstance(v, Array) else
                                     len(v) if isinstance(v, (str, bytes)) else 8 for v in values)
     return size
-
-
-class ServerOptimizer:
-    """Applies the weighted-mean client delta d to the global state.
-
-    avg:  s += lr * d
-    avgm: m = momentum * m + d;  s += lr * m                       (FedAvgM, Hsu et al. 2019)
-    adam: m = b1 m + (1 - b1) d;  v = b2 v + (1 - b2) d^2;
-          s += lr * m / (sqrt(v) + tau),  b1 = momentum, b2 = 0.99, tau = 1e-3  (FedAdam, Reddi et al. 2021)
-    """
-
-    def __init__(self, kind: str, lr: float, momentum: float, beta2: float = 0.99, tau: float = 1e-3):
-        self.kind, self.lr, self.momentum, self.beta2, self.tau = kind, lr, momentum, beta2, tau
-        self.m: State = {}
-        self.v: State = {}
-
-    def step(self, state: State, delta: State) -> State:
-        if self.kind == "avg":
-            return {k: state[k] + self.lr * delta[k] for k in state}
-        if self.kind == "avgm":
-            self.m = {k: self.momentum * self.m.get(k, 0) + delta[k] for k in state}
-            return {k: state[k] + self.lr * self.m[k] for k in state}
-        if self.kind == "adam":
-            b1, b2 = self.momentum, self.beta2
-            self.m = {k: b1 * self.m.get(k, 0) + (1 - b1) * delta[k] for k in state}
-            self.v = {k: b2 * self.v.get(k, 0) + (1 - b2) * delta[k] ** 2 for k in state}
-            return {k: state[k] + self.lr * self.m[k] / (np.sqrt(self.v[k]) + self.tau) for k in state}
-        raise ValueError(f"unknown server optimizer {self.kind!r}")
 
 
 @dataclass
@@ -264,14 +237,14 @@ class PrancFedStrategy(FedAvg):
                               self.method.decode_up(arrays, self.state)))
             except Exception as e:  # noqa: BLE001 - a reply the method cannot decode is dropped, never the run
                 self._drop(server_round, "train", node, e)
-        bounded, refused = robust.bound_norms([d for *_, d in valid], fed.norm_bound, fed.norm_factor)
+        bounded, refused = aggregation.bound_norms([d for *_, d in valid], fed.norm_bound, fed.norm_factor)
         for i, reason in refused.items():
             self._drop(server_round, "train", valid[i][0], InvalidReply(reason))
         kept = [i for i in range(len(valid)) if i not in refused]
         deltas = [bounded[i] for i in kept]
         for i in kept:
             self.node_periods[valid[i][0]] = self.method.period(self.state)
-        weights = robust.client_weights([valid[i][1] for i in kept], fed.client_weighting, fed.weight_cap)
+        weights = aggregation.client_weights([valid[i][1] for i in kept], fed.client_weighting, fed.weight_cap)
         losses = [valid[i][2] for i in kept]
         stats.received = len(deltas)
         if len(deltas) < self.cfg.federation.min_train_clients:

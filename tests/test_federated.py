@@ -16,7 +16,7 @@ from pranc_fed.data import load_dataset
 from pranc_fed.methods import get_method
 from pranc_fed.methods.base import record_bytes, to_array
 from pranc_fed.runner import simulate
-from pranc_fed.strategy import PrancFedStrategy, ServerOptimizer
+from pranc_fed.strategy import PrancFedStrategy
 
 K = 64
 
@@ -87,20 +87,6 @@ def test_too_few_valid_replies_keep_the_global_model():
     arrays, _ = strategy.aggregate_train(1, [reply(1, strategy, np.ones(K, np.float32))])
     assert arrays is None
     np.testing.assert_array_equal(strategy.state["alpha"], before)
-
-
-def test_server_optimizers_match_hand_computation():
-    state, d1, d2 = {"w": np.array([1.0, -2.0])}, {"w": np.array([0.5, 0.1])}, {"w": np.array([-0.2, 0.3])}
-    avg = ServerOptimizer("avg", lr=0.5, momentum=0.9)
-    np.testing.assert_allclose(avg.step(state, d1)["w"], [1.25, -1.95])
-    avgm = ServerOptimizer("avgm", lr=1.0, momentum=0.9)
-    s1 = avgm.step(state, d1)
-    s2 = avgm.step(s1, d2)  # m = 0.9 * d1 + d2
-    np.testing.assert_allclose(s2["w"], state["w"] + d1["w"] + 0.9 * d1["w"] + d2["w"])
-    adam = ServerOptimizer("adam", lr=0.1, momentum=0.9, beta2=0.99, tau=1e-3)
-    m = 0.1 * d1["w"]
-    v = 0.01 * d1["w"] ** 2
-    np.testing.assert_allclose(adam.step(state, d1)["w"], state["w"] + 0.1 * m / (np.sqrt(v) + 1e-3))
 
 
 @pytest.mark.parametrize("dtype,value_bytes", [("float32", 4), ("float16", 2)])

@@ -10,7 +10,7 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord
 
-from pranc_fed.config import METHODS as CONFIG_METHODS
+from pranc_fed.config import method_names
 from pranc_fed.config import load_config
 from pranc_fed.data import load_dataset
 from pranc_fed.methods import METHODS, InvalidReply
@@ -63,8 +63,8 @@ def replace(record: ArrayRecord, key: str, array: Array | None) -> ArrayRecord:
 
 
 def test_every_configurable_method_is_registered() -> None:
-    assert set(CONFIG_METHODS) == set(METHODS)
-    for name in CONFIG_METHODS:
+    assert method_names() == tuple(METHODS)
+    for name in method_names():
         assert METHODS[name].name == name
 
 

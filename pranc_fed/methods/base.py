@@ -12,7 +12,8 @@ alpha plus shared local params; dense methods: the state_dict). A round is
 and the server aggregates the deltas: by default (Method.aggregate) it averages them weighted by
 num-examples and applies its optimiser; a method may replace that rule (fedpm counts masks).
 Arrays travel as raw little-endian bytes (stype "raw"): no 128-byte .npy header per array.
-Adding a method is one module that subclasses Method and registers itself in METHODS.
+Adding a method is one module that subclasses Method, plus its class in METHODS (methods/__init__.py):
+that registry is the list of choices of federation.method and methods.compare.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 from flwr.app import Array, ArrayRecord, RecordDict
 from torch import nn
 
-from .. import robust
+from .. import aggregation
 from ..codecs import InvalidReply, check_finite
 from ..config import ExperimentConfig
 from ..data import DatasetBundle
@@ -165,10 +166,10 @@ class Method(ABC):
 
     def aggregate(self, state: State, replies: list[State], weights: list[int], optimizer, memory: dict) -> State:
         """The next global state from the valid replies' deltas: combined by federation.aggregation
-        (robust.py; mean: weighted by `weights`), applied by the server optimiser. memory persists on
+        (aggregation.py; mean: weighted by `weights`), applied by the server optimiser. memory persists on
         the server between rounds."""
         fed = self.cfg.federation
-        return optimizer.step(state, robust.combine(replies, weights, fed.aggregation, fed.trim_fraction))
+        return optimizer.step(state, aggregation.combine(replies, weights, fed.aggregation, fed.trim_fraction))
 
     def begin_round(self, state: State, server_round: int, memory: dict) -> State:
         """The server's state as a training round starts (re-seeded PRANC folds a finished period here)."""

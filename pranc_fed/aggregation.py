@@ -1,4 +1,6 @@
-"""Robust aggregation of client updates: what one client, or a minority, can do to the global model.
+"""How the server turns the valid replies of a round into the next global state: client weights,
+a norm bound and a combining rule (robust aggregation: what one client, or a minority, can do to
+the global model), then the server optimiser.
 
 Every rule acts on the deltas that Method.decode_up returns (PRANC: the change of alpha and of the
 shared local params; dense methods: the change of the weights), per round, in three steps:
@@ -27,6 +29,7 @@ State = dict[str, np.ndarray]
 WEIGHTINGS = ("examples", "capped", "equal")
 NORM_BOUNDS = ("none", "clip", "drop")
 AGGREGATIONS = ("mean", "trimmed_mean", "median")
+SERVER_OPTIMIZERS = ("avg", "avgm", "adam")
 
 
 def client_weights(claimed: list[int], rule: str, cap: float) -> np.ndarray:
@@ -73,3 +76,31 @@ def combine(deltas: list[State], weights: np.ndarray, rule: str, trim: float) ->
         cut = int(trim * len(deltas))
         return {k: np.sort(v, axis=0)[cut:len(deltas) - cut].mean(axis=0).astype(np.float32) for k, v in stacked.items()}
     raise ValueError(f"unknown aggregation {rule!r}; choose one of {', '.join(AGGREGATIONS)}")
+
+
+class ServerOptimizer:
+    """Applies the weighted-mean client delta d to the global state.
+
+    avg:  s += lr * d
+    avgm: m = momentum * m + d;  s += lr * m                       (FedAvgM, Hsu et al. 2019)
+    adam: m = b1 m + (1 - b1) d;  v = b2 v + (1 - b2) d^2;
+          s += lr * m / (sqrt(v) + tau),  b1 = momentum, b2 = 0.99, tau = 1e-3  (FedAdam, Reddi et al. 2021)
+    """
+
+    def __init__(self, kind: str, lr: float, momentum: float, beta2: float = 0.99, tau: float = 1e-3):
+        self.kind, self.lr, self.momentum, self.beta2, self.tau = kind, lr, momentum, beta2, tau
+        self.m: State = {}
+        self.v: State = {}
+
+    def step(self, state: State, delta: State) -> State:
+        if self.kind == "avg":
+            return {k: state[k] + self.lr * delta[k] for k in state}
+        if self.kind == "avgm":
+            self.m = {k: self.momentum * self.m.get(k, 0) + delta[k] for k in state}
+            return {k: state[k] + self.lr * self.m[k] for k in state}
+        if self.kind == "adam":
+            b1, b2 = self.momentum, self.beta2
+            self.m = {k: b1 * self.m.get(k, 0) + (1 - b1) * delta[k] for k in state}
+            self.v = {k: b2 * self.v.get(k, 0) + (1 - b2) * delta[k] ** 2 for k in state}
+            return {k: state[k] + self.lr * self.m[k] / (np.sqrt(self.v[k]) + self.tau) for k in state}
+        raise ValueError(f"unknown server optimizer {self.kind!r}; choose one of {', '.join(SERVER_OPTIMIZERS)}")

@@ -1,9 +1,11 @@
-"""Robust aggregation (robust.py): each rule by hand, and through the strategy on real replies."""
+"""The server's update rule (aggregation.py): each robust rule and server optimiser by hand, and
+through the strategy on real replies."""
 
 import numpy as np
 import pytest
 
-from pranc_fed import robust
+from pranc_fed import aggregation
+from pranc_fed.aggregation import ServerOptimizer
 from pranc_fed.config import ConfigError, load_config
 from tests.test_federated import K, make_strategy, reply, task_identity  # noqa: F401 - fixture
 
@@ -14,40 +16,40 @@ def deltas(*rows):
 
 def test_weights_follow_the_rule():
     claimed = [100, 100, 300, 10_000]
-    np.testing.assert_array_equal(robust.client_weights(claimed, "examples", 2), claimed)
-    np.testing.assert_array_equal(robust.client_weights(claimed, "capped", 2), [100, 100, 300, 400])  # median 200
-    np.testing.assert_array_equal(robust.client_weights(claimed, "equal", 2), [1, 1, 1, 1])
+    np.testing.assert_array_equal(aggregation.client_weights(claimed, "examples", 2), claimed)
+    np.testing.assert_array_equal(aggregation.client_weights(claimed, "capped", 2), [100, 100, 300, 400])  # median 200
+    np.testing.assert_array_equal(aggregation.client_weights(claimed, "equal", 2), [1, 1, 1, 1])
 
 
 def test_clip_scales_only_the_long_updates_to_the_bound():
     rows = deltas([3, 4], [0, 1], [0, 2], [30, 40])  # norms 5, 1, 2, 50: median 3.5
-    clipped, refused = robust.bound_norms(rows, "clip", 2.0)
+    clipped, refused = aggregation.bound_norms(rows, "clip", 2.0)
     assert refused == {}
     np.testing.assert_array_equal(clipped[1]["w"], rows[1]["w"])
-    np.testing.assert_allclose([robust.update_norm(d) for d in clipped], [5, 1, 2, 7], rtol=1e-6)
+    np.testing.assert_allclose([aggregation.update_norm(d) for d in clipped], [5, 1, 2, 7], rtol=1e-6)
     np.testing.assert_allclose(clipped[3]["w"] / np.linalg.norm(clipped[3]["w"]), [0.6, 0.8], rtol=1e-6)
 
 
 def test_drop_refuses_the_long_updates_with_a_reason():
-    _, refused = robust.bound_norms(deltas([3, 4], [0, 1], [0, 2], [30, 40]), "drop", 2.0)
+    _, refused = aggregation.bound_norms(deltas([3, 4], [0, 1], [0, 2], [30, 40]), "drop", 2.0)
     assert list(refused) == [3] and "exceeds 2 x the round's median norm (7)" in refused[3]
 
 
 def test_norm_covers_every_key():
-    assert robust.update_norm({"a": np.array([3.0]), "b": np.array([4.0])}) == 5.0
+    assert aggregation.update_norm({"a": np.array([3.0]), "b": np.array([4.0])}) == 5.0
 
 
 def test_median_and_trimmed_mean_ignore_one_extreme_per_coordinate():
     rows = deltas([1, 10], [2, 20], [3, 30], [1000, -1000], [4, 40])
     w = np.ones(5)
-    np.testing.assert_array_equal(robust.combine(rows, w, "median", 0)["w"], [3, 20])
-    np.testing.assert_allclose(robust.combine(rows, w, "trimmed_mean", 0.2)["w"], [3, 20])  # cuts 1 from each end
-    np.testing.assert_allclose(robust.combine(rows, w, "trimmed_mean", 0.0)["w"],
-                               robust.combine(rows, w, "mean", 0)["w"], rtol=1e-6)
+    np.testing.assert_array_equal(aggregation.combine(rows, w, "median", 0)["w"], [3, 20])
+    np.testing.assert_allclose(aggregation.combine(rows, w, "trimmed_mean", 0.2)["w"], [3, 20])  # cuts 1 from each end
+    np.testing.assert_allclose(aggregation.combine(rows, w, "trimmed_mean", 0.0)["w"],
+                               aggregation.combine(rows, w, "mean", 0)["w"], rtol=1e-6)
 
 
 def test_weighted_mean():
-    np.testing.assert_allclose(robust.combine(deltas([1.0], [4.0]), np.array([1.0, 3.0]), "mean", 0)["w"], [3.25])
+    np.testing.assert_allclose(aggregation.combine(deltas([1.0], [4.0]), np.array([1.0, 3.0]), "mean", 0)["w"], [3.25])
 
 
 def test_fedpm_refuses_rules_that_average_updates():
@@ -81,3 +83,17 @@ def test_a_claimed_size_buys_at_most_the_cap():
                                  reply(2, strategy, np.zeros(K, np.float32), 100),
                                  reply(3, strategy, np.full(K, 4.0, np.float32), 10_000_000)])
     np.testing.assert_allclose(strategy.state["alpha"], 4.0 * 200 / 400, rtol=1e-6)
+
+
+def test_server_optimizers_match_hand_computation():
+    state, d1, d2 = {"w": np.array([1.0, -2.0])}, {"w": np.array([0.5, 0.1])}, {"w": np.array([-0.2, 0.3])}
+    avg = ServerOptimizer("avg", lr=0.5, momentum=0.9)
+    np.testing.assert_allclose(avg.step(state, d1)["w"], [1.25, -1.95])
+    avgm = ServerOptimizer("avgm", lr=1.0, momentum=0.9)
+    s1 = avgm.step(state, d1)
+    s2 = avgm.step(s1, d2)  # m = 0.9 * d1 + d2
+    np.testing.assert_allclose(s2["w"], state["w"] + d1["w"] + 0.9 * d1["w"] + d2["w"])
+    adam = ServerOptimizer("adam", lr=0.1, momentum=0.9, beta2=0.99, tau=1e-3)
+    m = 0.1 * d1["w"]
+    v = 0.01 * d1["w"] ** 2
+    np.testing.assert_allclose(adam.step(state, d1)["w"], state["w"] + 0.1 * m / (np.sqrt(v) + 1e-3))
