@@ -97,3 +97,24 @@ def test_server_optimizers_match_hand_computation():
     m = 0.1 * d1["w"]
     v = 0.01 * d1["w"] ** 2
     np.testing.assert_allclose(adam.step(state, d1)["w"], state["w"] + 0.1 * m / (np.sqrt(v) + 1e-3))
+
+
+def test_in_a_real_simulation_the_median_resists_an_attacker_that_takes_over_the_mean(tmp_path):
+    """One of three clients scales its change of alpha by 100 (simulations/byzantine_client.py):
+    the plain mean follows it to chance, the coordinate-wise median does not."""
+    import json
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "simulations"))
+    from attack_study import make_app
+    from pranc_fed.runner import simulate
+    small = ["federation.num_clients=3", "pranc.num_coeffs=200", "data.train_subset=1500", "data.test_subset=500",
+             "train.batch_size=64", "pranc.alpha_lr=0.03", "federation.rounds=2"]
+    app = make_app(tmp_path / "app", "scale", [0], 10_000_000)
+    accuracy = {}
+    for rule in ("mean", "median"):
+        overrides = [*small, f"federation.aggregation={rule}"]
+        simulate("configs/mnist_lenet.yaml", overrides, load_config("configs/mnist_lenet.yaml", overrides),
+                 tmp_path / rule, app=app)
+        accuracy[rule] = json.loads((tmp_path / rule / "summary.json").read_text())["final_test_accuracy"]
+    assert accuracy["mean"] < 0.2 and accuracy["median"] > 0.3, accuracy  # chance is 0.1
