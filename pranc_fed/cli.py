@@ -48,8 +48,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .training import train_centralized
+    from .training import preflight, train_centralized
     cfg, out = _load(args)
+    preflight(cfg, centralised=True)
     summary = train_centralized(cfg, out)
     print(f"final test accuracy {summary['final_test_accuracy']:.4f} (best {summary['best_test_accuracy']:.4f}) "
           f"in {summary['wall_seconds']:.0f}s")
@@ -57,21 +58,21 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from .data import load_dataset
     from .runner import simulate
+    from .training import preflight
     cfg, out = _load(args)
-    load_dataset(cfg.data.dataset)  # a missing dataset fails here, before any process starts
+    preflight(cfg)
     _check_resume(cfg, out)
     return 0 if simulate(args.config, args.overrides, cfg, out) else 1
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    from .data import load_dataset
     from .deploy import deploy
+    from .training import preflight
     if args.nodes is not None:  # N SuperNodes hold partitions 0..N-1: the config's clients follow
         args.overrides = [*args.overrides, f"federation.num_clients={args.nodes}"]
     cfg, out = _load(args)
-    load_dataset(cfg.data.dataset)  # a missing dataset fails here, before any process starts
+    preflight(cfg)
     _check_resume(cfg, out)
     if args.certs and not (args.tls or args.auth):
         raise ConfigError("--certs is only used with --tls or --auth")
@@ -85,10 +86,11 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import compare
-    from .data import load_dataset
-    cfg, out = _load(args)
-    load_dataset(cfg.data.dataset)  # a missing dataset fails here, before any process starts
+    from .compare import compare, plan
+    from .training import preflight
+    _, out = _load(args)
+    for run in plan(args.config, args.overrides):
+        preflight(run.cfg)
     return 0 if compare(args.config, args.overrides, out) else 1
 
 

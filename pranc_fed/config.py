@@ -92,6 +92,7 @@ class PrancConfig:
     error_feedback: bool = _f(True)  # what rounding lost is added to the next message (client up, server down)
     reseed_period: int = _f(0, ge=0)  # rounds per basis; each period's alpha is folded into theta0 (0 = one fixed basis)
     basis_budget_mb: float = _f(2048.0, gt=0, le=2**30)  # memory the basis may use before streaming in chunks
+    max_basis_gb: float = _f(64.0, gt=0, le=2**20)  # a run whose basis (d x K float32 values) is larger is refused up front
     cache: str = _f("auto", choices=CACHES)  # where a materialised basis is kept
     cache_dtype: str = _f("float32", choices=tuple(CACHE_DTYPES))  # cached basis precision; half the bytes
     share_local_params: bool = _f(True)  # send norm-layer params/stats; False keeps them on the client (FedBN)

@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import ExperimentConfig
+from .basis import covered_segments, make_blocks
+from .config import ConfigError, ExperimentConfig
 from .data import DatasetBundle, TensorImageDataset, hold_out, load_dataset, make_loader, subset
 from .models import build_model, count_parameters
 from .pranc import PrancModel
@@ -90,6 +91,44 @@ def evaluate(model: nn.Module, loader, device: torch.device) -> tuple[float, flo
 def test_loader(cfg: ExperimentConfig, bundle: DatasetBundle, batch_size: int = 1000):
     test = bundle.test if cfg.data.test_subset is None else subset(bundle.test, cfg.data.test_subset, cfg.seed)
     return make_loader(test, batch_size, shuffle=False, seed=cfg.seed)
+
+
+def preflight(cfg: ExperimentConfig, centralised: bool = False) -> None:
+    """What would otherwise fail inside a run, minutes later and only in its log, checked before any
+    process starts: the dataset, the device, the architecture and its input shape, and the size of
+    the basis (of train.mode when centralised, else of federation.method). Each failure is a one-line
+    ConfigError (DatasetError for the data)."""
+    bundle = load_dataset(cfg.data.dataset)
+    try:
+        resolve_device(cfg.train.device)
+    except RuntimeError as e:
+        raise ConfigError(str(e)) from None
+    try:
+        with torch.device("meta"):
+            module = build_model(cfg.model.arch, **model_args(bundle))
+    except ValueError as e:
+        raise ConfigError(f"model.arch: {e}") from None
+    shape = bundle.preprocessing.input_shape
+    try:
+        with torch.device("meta"):
+            module(torch.empty(2, *shape))
+    except RuntimeError as e:
+        raise ConfigError(f"model.arch {cfg.model.arch!r} cannot take the {'x'.join(map(str, shape))} images of "
+                          f"{cfg.data.dataset!r} ({str(e).splitlines()[0]}); pick an architecture for this input "
+                          "(`pranc-fed models` lists them)") from None
+    if (cfg.train.mode if centralised else cfg.federation.method) == "pranc":
+        p = cfg.pranc
+        try:
+            values = sum((b.row1 - b.row0) * (b.col1 - b.col0)
+                         for b in make_blocks(covered_segments(module), p.num_coeffs, p.layout))
+        except ValueError as e:
+            raise ConfigError(f"pranc: {e}") from None
+        gib = values * 4 / 2**30
+        if gib > p.max_basis_gb:
+            raise ConfigError(f"the basis of {cfg.model.arch} at K={p.num_coeffs} ({p.layout}) holds {values:,} values "
+                              f"({gib:,.1f} GiB in float32), more than pranc.max_basis_gb={p.max_basis_gb:g}: every "
+                              "step would stream it; use pranc.layout=per_layer, a smaller pranc.num_coeffs, or raise "
+                              "the limit (pranc.cache=disk keeps one copy on disk)")
 
 
 def federated_train_sets(cfg: ExperimentConfig, bundle: DatasetBundle) -> tuple[TensorImageDataset, TensorImageDataset | None]:

@@ -1,0 +1,32 @@
+"""Mistakes that used to fail minutes into a run, inside Flower, are refused before any process
+starts: exit 2 and one line naming the key and what to do."""
+
+import pytest
+
+from pranc_fed.cli import main
+
+
+@pytest.mark.parametrize("command", ["simulate", "deploy", "compare", "train"])
+@pytest.mark.parametrize("override, message", [
+    ("model.arch=lenett", "model.arch: unknown model architecture 'lenett'"),
+    ("train.device=cuda:7", "no CUDA device is available"),
+    ("model.arch=lenet_cifar", "cannot take the 1x28x28 images"),
+    ("model.arch=resnet18", "more than pranc.max_basis_gb=64"),
+])
+def test_refused_before_any_process_starts(command, override, message, capsys, tmp_path):
+    if command == "train" and override == "model.arch=resnet18":
+        override = "model.arch=resnet18 train.mode=pranc"
+    argv = [command, "configs/mnist_lenet.yaml", "--out", str(tmp_path / "out")]
+    argv += [arg for o in override.split() for arg in ("--set", o)]
+    if command == "compare":
+        argv += ["--set", "methods.compare=[pranc]", "--set", "methods.compare_num_coeffs=[5000]"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_dense_method_needs_no_basis_check():
+    from pranc_fed.config import load_config
+    from pranc_fed.training import preflight
+    preflight(load_config("configs/mnist_lenet.yaml", ["model.arch=resnet18", "federation.method=fedavg"]))
