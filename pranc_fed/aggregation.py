@@ -85,6 +85,10 @@ class ServerOptimizer:
     avgm: m = momentum * m + d;  s += lr * m                       (FedAvgM, Hsu et al. 2019)
     adam: m = b1 m + (1 - b1) d;  v = b2 v + (1 - b2) d^2;
           s += lr * m / (sqrt(v) + tau),  b1 = momentum, b2 = 0.99, tau = 1e-3  (FedAdam, Reddi et al. 2021)
+
+    adam follows Algorithm 2 of Reddi et al. (no bias correction; tau bounds the first steps), not
+    Flower's FedAdam, which adds bias correction; it is written here because it acts on a Method's
+    state (alpha for PRANC), which Flower's strategies do not see.
     """
 
     def __init__(self, kind: str, lr: float, momentum: float, beta2: float = 0.99, tau: float = 1e-3):

@@ -69,7 +69,7 @@ Engines, caches and precision (none of them changes the definition above)
   (``philox4x32``); a CUDA device with Triton uses ``triton_basis``, which generates B inside
   the expand/project kernels and never stores it.
 * ``cache``: ``memory`` keeps the non-zero blocks of B in this process; ``disk`` writes them
-  once to a read-only file keyed by the fingerprint (``$PRANC_FED_CACHE`` or
+  once to a read-only file keyed by the fingerprint (``$PRANC_FED_CACHE/basis``, default
   ``~/.cache/pranc-fed/basis``; a 4096-byte JSON header, then the blocks row-major in
   ``cache_dtype``), written atomically under a lock, then memory-maps it read-only, so every
   process on the machine shares one copy through the page cache; ``none`` streams
@@ -105,6 +105,8 @@ from typing import Iterator
 import numpy as np
 import torch
 from torch import nn
+
+from . import cache_root
 
 SPEC_VERSION = 1
 LAYOUTS = ("global", "per_layer")
@@ -473,12 +475,6 @@ class Fingerprint:
 # ------------------------------------------------------------------------------ disk cache
 
 
-def cache_dir() -> Path:
-    """Where cache: disk keeps basis files: $PRANC_FED_CACHE, else ~/.cache/pranc-fed/basis."""
-    env = os.environ.get("PRANC_FED_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "pranc-fed" / "basis"
-
-
 def _np_storage_dtype(dtype: torch.dtype) -> np.dtype:
     return np.dtype(np.float32) if dtype == torch.float32 else np.dtype(np.uint16)
 
@@ -677,7 +673,7 @@ class Basis:
         arch = re.sub(r"[^A-Za-z0-9_.-]", "_", fp.arch)
         name = (f"pranc-v{fp.spec}-{arch}-d{fp.dim}-k{fp.num_coeffs}-{fp.layout}-s{fp.seed}-{fp.checksum}-"
                 f"{str(self.cache_dtype).removeprefix('torch.')}.basis")
-        return cache_dir() / name
+        return cache_root() / "basis" / name
 
     def _open_disk_cache(self, path: Path | None) -> list[torch.Tensor]:
         """Map the cache file read-only, writing it first (once per machine, under a lock) when missing."""

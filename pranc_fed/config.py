@@ -37,8 +37,8 @@ from .basis import CACHE_DTYPES, CACHES, LAYOUTS
 from .data import PARTITION_SCHEMES
 from .pranc import ALPHA_DTYPES
 
-CONFIG_FILE_KEY = "config-file"
-OVERRIDES_KEY = "overrides"  # Flower run-config key naming the YAML file
+CONFIG_FILE_KEY = "config-file"  # Flower run-config key naming the YAML file
+OVERRIDES_KEY = "overrides"  # Flower run-config key holding the shell-quoted overrides of that file
 
 
 def method_names() -> tuple[str, ...]:

@@ -14,7 +14,7 @@ Sources accepted by ``load_dataset(name_or_path)``:
   ``<path>/test/<class>/*`` (``val/`` is accepted instead of ``test/``).
 
 Decoded arrays are cached twice: in-process (clients call ``load_dataset`` on every
-round) and on disk as ``.npz`` under ``$PRANC_FED_CACHE`` (default
+round) and on disk as ``.npz`` under ``$PRANC_FED_CACHE/datasets`` (default
 ``~/.cache/pranc-fed/datasets``), so that fresh Flower client processes load a
 decoded dataset in a fraction of a second instead of re-decoding JPEGs. The
 in-process cache is keyed by name/absolute path and returns the same bundle, so
@@ -44,6 +44,8 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, Subset
+
+from . import cache_root
 
 CACHE_VERSION = 1  # bump when the cached .npz content changes
 DATASET_NAMES = ("mnist",)
@@ -343,14 +345,10 @@ def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[list[float], l
 # ----------------------------------------------------------------- on-disk cache
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("PRANC_FED_CACHE", "~/.cache/pranc-fed/datasets")).expanduser()
-
-
 def _disk_cached(key: str, label: str, build: Any) -> dict[str, Any]:
     """Load arrays cached under ``key`` or build and cache them (atomic write)."""
     digest = hashlib.sha256(f"v{CACHE_VERSION}|{key}".encode()).hexdigest()[:16]
-    path = cache_dir() / f"{label}-{digest}.npz"
+    path = cache_root() / "datasets" / f"{label}-{digest}.npz"
     if path.is_file():
         try:
             with np.load(path, allow_pickle=False) as f:

@@ -23,7 +23,7 @@ from .config import ConfigError, ExperimentConfig, config_from_dict, config_from
 from .data import load_dataset
 from .methods import get_method
 from .pranc import PrancModel
-from .strategy import PrancFedStrategy
+from .strategy import MethodStrategy
 from .data import make_loader
 from .training import evaluate, federated_train_sets, model_args, resolve_device, test_loader
 
@@ -57,7 +57,7 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path) -> dict:
     method = get_method(cfg)
     model = method.build_model(bundle, device)
     fingerprint = method.fingerprint(model)
-    strategy = PrancFedStrategy(cfg, method, method.initial_state(model), fingerprint)
+    strategy = MethodStrategy(cfg, method, method.state_of(model), fingerprint)
     tests = test_loader(cfg, bundle)
     held_out = federated_train_sets(cfg, bundle)[1]
     validation = None if held_out is None else make_loader(held_out, 1000, shuffle=False, seed=cfg.seed)
@@ -104,7 +104,7 @@ class RunFailed(RuntimeError):
     """The run ended without enough aggregated rounds: its model is not a result."""
 
 
-def _round_row(strategy: PrancFedStrategy, server_round: int, loss: float, accuracy: float,
+def _round_row(strategy: MethodStrategy, server_round: int, loss: float, accuracy: float,
                val_accuracy: float | None, rows: list[dict], wall: float) -> dict:
     stats = strategy.round_stats(server_round)  # a round that sent nothing still gets its (empty) stats
     up = stats.up_bytes + stats.eval_up_bytes
@@ -156,7 +156,7 @@ def check_resume(cfg: ExperimentConfig, out: Path) -> bool:
     return True
 
 
-def _resume(cfg: ExperimentConfig, strategy: PrancFedStrategy, out: Path) -> list[dict]:
+def _resume(cfg: ExperimentConfig, strategy: MethodStrategy, out: Path) -> list[dict]:
     """Restore the strategy from out's checkpoint; the rounds.csv rows so far ([] without a checkpoint)."""
     if not check_resume(cfg, out):
         print(f"[pranc-fed] {out} holds no checkpoint yet: starting from round 1", flush=True)

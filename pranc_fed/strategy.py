@@ -65,7 +65,7 @@ class RoundStats:
     aggregated: bool = False
 
 
-class PrancFedStrategy(FedAvg):
+class MethodStrategy(FedAvg):
     """FedAvg-shaped strategy over any Method's state; see methods/base.py for the protocol."""
 
     def __init__(self, cfg: ExperimentConfig, method: Method, state: State, fingerprint: str):

@@ -221,8 +221,8 @@ def test_disk_cache_is_shared_not_regenerated(tmp_path) -> None:
         first = Basis.for_module(build_model("lenet"), 64, SEED, "lenet", cache="disk")
     finally:
         del os.environ["PRANC_FED_CACHE"]
-    assert first.cache_source == "disk-written" and first.cache_file.parent == tmp_path
-    assert [p.name for p in tmp_path.iterdir() if ".tmp." in p.name] == []          # written atomically
+    assert first.cache_source == "disk-written" and first.cache_file.parent == tmp_path / "basis"
+    assert [p.name for p in (tmp_path / "basis").iterdir() if ".tmp." in p.name] == []  # written atomically
     assert stat.S_IMODE(first.cache_file.stat().st_mode) == 0o444                   # read-only file
     before = first.cache_file.stat()
     script = textwrap.dedent(f"""

@@ -141,7 +141,7 @@ def test_uplink_error_feedback_conserves_what_was_sent_plus_the_residual() -> No
     sent, true = np.zeros(300), np.zeros(300)
     rng = np.random.default_rng(0)
     for _ in range(5):
-        start = m.load_down(model, m.encode_down(m.initial_state(model)), memory)
+        start = m.load_down(model, m.encode_down(m.state_of(model)), memory)
         with torch.no_grad():
             model.alpha.add_(torch.from_numpy(rng.standard_normal(300).astype(np.float32) * 0.01))
         true += model.alpha.detach().numpy() - start["alpha"]
@@ -153,7 +153,7 @@ def test_uplink_error_feedback_conserves_what_was_sent_plus_the_residual() -> No
 def test_without_error_feedback_nothing_is_kept() -> None:
     m, model = pranc("pranc.uplink_codec=int4", "pranc.error_feedback=false")
     memory: dict[str, np.ndarray] = {}
-    start = m.load_down(model, m.encode_down(m.initial_state(model)), memory)
+    start = m.load_down(model, m.encode_down(m.state_of(model)), memory)
     m.encode_up(model, start, memory)
     assert RESIDUAL_KEY not in memory
 

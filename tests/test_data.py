@@ -28,7 +28,7 @@ def private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     """Never write to ~/.cache from tests; each test starts with an empty in-process cache."""
     cache = tmp_path_factory.getbasetemp() / "dataset-cache"
     monkeypatch.setenv("PRANC_FED_CACHE", str(cache))
-    return cache
+    return cache / "datasets"
 
 
 def _clear_process_cache() -> None:

@@ -16,7 +16,7 @@ from pranc_fed.data import load_dataset
 from pranc_fed.methods import get_method
 from pranc_fed.methods.base import record_bytes, to_array
 from pranc_fed.runner import simulate
-from pranc_fed.strategy import PrancFedStrategy
+from pranc_fed.strategy import MethodStrategy
 
 K = 64
 
@@ -25,7 +25,7 @@ def make_strategy(*overrides):
     cfg = load_config(None, [f"pranc.num_coeffs={K}", "federation.min_train_clients=1", *overrides])
     method = get_method(cfg)
     model = method.build_model(load_dataset("mnist"), torch.device("cpu"))
-    return PrancFedStrategy(cfg, method, method.initial_state(model), method.fingerprint(model)), model
+    return MethodStrategy(cfg, method, method.state_of(model), method.fingerprint(model)), model
 
 
 @pytest.fixture(autouse=True)

@@ -42,7 +42,7 @@ def perturb(model: torch.nn.Module, scale: float = 0.01, seed: int = 1) -> None:
 
 
 def true_delta(m, model, start):
-    now = m.initial_state(model)
+    now = m.state_of(model)
     return {k: now[k] - start[k] for k in start}
 
 
@@ -72,7 +72,7 @@ def test_every_configurable_method_is_registered() -> None:
 
 def test_fedavg_fp32_round_trip_is_exact() -> None:
     m, model = method("fedavg"), lenet()
-    start = m.load_down(model, m.encode_down(m.initial_state(model)), {})
+    start = m.load_down(model, m.encode_down(m.state_of(model)), {})
     perturb(model)
     delta = m.decode_up(m.encode_up(model, start, {}), start)
     for k, v in true_delta(m, model, start).items():
@@ -81,11 +81,11 @@ def test_fedavg_fp32_round_trip_is_exact() -> None:
 
 def test_fedavg_fp16_round_trip_error_is_bounded() -> None:
     m, model = method("fedavg_fp16"), lenet()
-    start = m.initial_state(model)
+    start = m.state_of(model)
     perturb(model)
     record = m.encode_up(model, start, {})
     assert payload(record) == 2 * 44_426
-    delta, now = m.decode_up(record, start), m.initial_state(model)
+    delta, now = m.decode_up(record, start), m.state_of(model)
     for k, v in true_delta(m, model, start).items():
         bound = 2.0 ** -11 * (np.abs(now[k]) + np.abs(start[k])) + 1e-7  # half an fp16 ulp each side
         assert (np.abs(delta[k] - v) <= bound).all()
@@ -102,7 +102,7 @@ def test_pranc_round_trip(pranc_model: PrancModel, dtype: str) -> None:
     m = method("pranc", "pranc.num_coeffs=16", f"pranc.uplink_codec={dtype}")
     with torch.no_grad():
         pranc_model.alpha.zero_()
-    start = m.load_down(pranc_model, m.encode_down(m.initial_state(pranc_model)), {})
+    start = m.load_down(pranc_model, m.encode_down(m.state_of(pranc_model)), {})
     with torch.no_grad():
         pranc_model.alpha.copy_(torch.linspace(-0.5, 0.7, 16))
     record = m.encode_up(pranc_model, start, {})
@@ -119,7 +119,7 @@ def test_pranc_round_trip(pranc_model: PrancModel, dtype: str) -> None:
 def test_an_all_zero_broadcast_travels_as_no_arrays_and_a_partial_one_is_refused(pranc_model: PrancModel,
                                                                                  codec: str) -> None:
     m = method("pranc", "pranc.num_coeffs=16", f"pranc.downlink_codec={codec}", "pranc.codec_block=8")
-    state = m.initial_state(pranc_model) | {"alpha": np.zeros(16, np.float32)}
+    state = m.state_of(pranc_model) | {"alpha": np.zeros(16, np.float32)}
     assert not any(k.startswith("alpha") for k in m.encode_down(state, {}).keys())
     np.testing.assert_array_equal(m.load_down(pranc_model, m.encode_down(state, {}), {})["alpha"], np.zeros(16))
     record = m.encode_down(state | {"alpha": np.linspace(-1, 1, 16, dtype=np.float32)}, {})
@@ -136,7 +136,7 @@ def test_an_all_zero_broadcast_travels_as_no_arrays_and_a_partial_one_is_refused
 @pytest.mark.parametrize("name", DELTA_METHODS)
 def test_downlink_is_dense_fp32_and_exact(name: str) -> None:
     m, model = method(name), lenet()
-    state = m.initial_state(model)
+    state = m.state_of(model)
     record = m.encode_down(state)
     assert {record[k].dtype for k in record.keys()} == {"float32"}
     assert payload(record) == 4 * 44_426
@@ -151,7 +151,7 @@ def test_downlink_is_dense_fp32_and_exact(name: str) -> None:
 def test_fp16_downlink_halves_the_broadcast_and_deltas_start_from_what_arrived(name: str) -> None:
     m, model = method(name, "methods.downlink_dtype=float16"), lenet()
     assert m.setting().endswith("-down16") and m.fingerprint(model) != method(name).fingerprint(model)
-    state = m.initial_state(model)
+    state = m.state_of(model)
     record = m.encode_down(state)
     assert {record[k].dtype for k in record.keys()} == {"float16"} and payload(record) == 2 * 44_426
     client = build_model("lenet")
@@ -170,7 +170,7 @@ def test_running_statistics_travel_dense_and_exact(name: str) -> None:
     m = method(name, "model.arch=resnet20")
     torch.manual_seed(0)
     model = build_model("resnet20")
-    start = m.initial_state(model)
+    start = m.state_of(model)
     stats = {k for k in start if k.endswith(("running_mean", "running_var"))}
     assert stats and m.stat_keys >= stats
     model.train()
@@ -178,7 +178,7 @@ def test_running_statistics_travel_dense_and_exact(name: str) -> None:
         model(torch.randn(8, 3, 32, 32))  # moves every running statistic
     record = m.encode_up(model, start, {})
     delta = m.decode_up(record, start)
-    now = m.initial_state(model)
+    now = m.state_of(model)
     for k in stats:
         assert record[k].dtype == "float32"
         np.testing.assert_array_equal(delta[k], now[k] - start[k])
@@ -195,7 +195,7 @@ def test_running_statistics_travel_dense_and_exact(name: str) -> None:
 def test_server_decodes_exactly_what_the_client_sent(name: str) -> None:
     """decode_up(encode_up) is the client's own decompression, so error feedback is exact."""
     m, model = method(name), lenet()
-    start = m.initial_state(model)
+    start = m.state_of(model)
     perturb(model)
     memory: dict[str, np.ndarray] = {}
     record = m.encode_up(model, start, memory)
@@ -217,7 +217,7 @@ def test_error_feedback_carries_the_residual(name: str) -> None:
     memory: dict[str, np.ndarray] = {}
     total_true = total_sent = 0
     for round_ in range(3):
-        start = m.initial_state(model)
+        start = m.state_of(model)
         perturb(model, seed=10 + round_)
         residual_before = memory.get(RESIDUAL_KEY, 0)
         record = m.encode_up(model, start, memory)
@@ -235,7 +235,7 @@ def test_error_feedback_carries_the_residual(name: str) -> None:
 @pytest.mark.parametrize("name", ["topk", "signsgd"])
 def test_error_feedback_can_be_turned_off(name: str) -> None:
     m, model = method(name, "methods.error_feedback=false"), lenet()
-    start = m.initial_state(model)
+    start = m.state_of(model)
     perturb(model)
     memory: dict[str, np.ndarray] = {}
     m.encode_up(model, start, memory)
@@ -255,7 +255,7 @@ def test_fingerprint_names_the_wire_settings() -> None:
 
 def test_topk_keeps_exactly_k_largest() -> None:
     m, model = method("topk", "methods.topk_density=0.01", "methods.error_feedback=false"), lenet()
-    start = m.initial_state(model)
+    start = m.state_of(model)
     perturb(model)
     record = m.encode_up(model, start, {})
     k = math.ceil(0.01 * 44_426)
@@ -295,7 +295,7 @@ def test_bit_packing_rejects_bad_input() -> None:
 @pytest.mark.parametrize("levels", [1, 4, 16, 255])
 def test_qsgd_bytes_equal_the_formula(levels: int) -> None:
     m, model = method("qsgd", f"methods.qsgd_levels={levels}"), lenet()
-    start = m.initial_state(model)
+    start = m.state_of(model)
     perturb(model)
     record = m.encode_up(model, start, {})
     tensors, n, bits = len(start), 44_426, levels.bit_length()
@@ -305,7 +305,7 @@ def test_qsgd_bytes_equal_the_formula(levels: int) -> None:
 
 def test_signsgd_bytes_and_values() -> None:
     m, model = method("signsgd", "methods.error_feedback=false"), lenet()
-    start = m.initial_state(model)
+    start = m.state_of(model)
     perturb(model)
     record = m.encode_up(model, start, {})
     assert payload(record) == 4 * len(start) + math.ceil(44_426 / 8) == m.payload_bytes(m.sizes(start))
@@ -356,7 +356,7 @@ def test_qsgd_draws_differ_between_calls_but_runs_reproduce() -> None:
 
 def _valid(name: str):
     m, model = method(name), lenet()
-    start = m.initial_state(model)
+    start = m.state_of(model)
     perturb(model)
     return m, start, m.encode_up(model, start, {})
 
@@ -424,7 +424,7 @@ def test_malformed_replies_raise_invalid_reply(name: str) -> None:
 
 def test_pranc_malformed_alpha_raises(pranc_model: PrancModel) -> None:
     m = method("pranc", "pranc.num_coeffs=16")
-    start = m.initial_state(pranc_model)
+    start = m.state_of(pranc_model)
     for bad in (ArrayRecord({}), ArrayRecord({"alpha": to_array(np.zeros(15, np.float32))}),
                 ArrayRecord({"alpha": to_array(np.full(16, np.nan, np.float32))}),
                 ArrayRecord({"alpha": to_array(np.zeros(16, np.float16))})):
@@ -437,7 +437,7 @@ def test_pranc_malformed_alpha_raises(pranc_model: PrancModel) -> None:
 def test_fedpm_mask_round_trips_at_one_bit_per_weight() -> None:
     m = method("fedpm")
     net = m.build_model(load_dataset("mnist"), torch.device("cpu"))
-    start = m.load_down(net, m.encode_down(m.initial_state(net)), {})
+    start = m.load_down(net, m.encode_down(m.state_of(net)), {})
     record = m.encode_up(net, start, {})
     assert payload(record) == packed_size(44_426, 1)
     mask = m.decode_up(record, start)["theta"]
@@ -469,7 +469,7 @@ def test_fedpm_trains_scores_only_and_rejects_bad_masks() -> None:
     assert net.scores.grad is not None and net.scores.grad.abs().sum() > 0
     assert [p for p in net.parameters() if p.requires_grad] == [net.scores]
     torch.testing.assert_close(net.weights, frozen)
-    state = m.initial_state(net)
+    state = m.state_of(net)
     n = packed_size(44_426, 1)
     padded = np.zeros(n, np.uint8)
     padded[-1] = 0xFF  # 44,426 = 8 x 5553 + 2: the last byte holds 6 padding bits
@@ -497,14 +497,14 @@ def test_a_client_keeps_its_optimiser_between_rounds_and_drops_it_with_the_basis
     from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
     from flwr.supercore.task_identity import TaskIdentity
     from pranc_fed import client_app
-    from pranc_fed.strategy import PrancFedStrategy
+    from pranc_fed.strategy import MethodStrategy
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
     overrides = ["pranc.num_coeffs=50", "data.train_subset=600", "federation.local_steps=3", "train.batch_size=32",
                  "federation.keep_client_optimizer=true", f"pranc.reseed_period={reseed}", "federation.num_clients=2"]
     run_config = {"config-file": "configs/mnist_lenet.yaml", "overrides": " ".join(overrides)}
     context = Context(1, 7, {"partition-id": 0, "num-partitions": 2}, RecordDict(), run_config)
     node = client_app.node_for(context)
-    strategy = PrancFedStrategy(node.cfg, node.method, node.method.initial_state(node.model), node.fingerprint)
+    strategy = MethodStrategy(node.cfg, node.method, node.method.state_of(node.model), node.fingerprint)
     steps = []
     for server_round in (1, 2):
         strategy.state = node.method.begin_round(strategy.state, server_round, strategy.server_memory)

@@ -16,7 +16,7 @@ from pranc_fed.data import load_dataset
 from pranc_fed.methods import get_method
 from pranc_fed.models import build_model
 from pranc_fed.pranc import PrancModel
-from pranc_fed.strategy import PrancFedStrategy
+from pranc_fed.strategy import MethodStrategy
 
 K = 64
 
@@ -73,7 +73,7 @@ def run(rounds: int, participation, *overrides: str):
     method = get_method(cfg)
     bundle = load_dataset("mnist")
     server_model = method.build_model(bundle, torch.device("cpu"))
-    strategy = PrancFedStrategy(cfg, method, method.initial_state(server_model), method.fingerprint(server_model))
+    strategy = MethodStrategy(cfg, method, method.state_of(server_model), method.fingerprint(server_model))
     strategy.min_train_nodes = strategy.min_available_nodes = 1
     clients = {}
     grid = Grid()
@@ -132,7 +132,7 @@ def test_a_period_as_long_as_the_run_is_the_fixed_basis() -> None:
 def test_a_reply_from_another_period_is_dropped() -> None:
     strategy, _, clients = run(3, [{1, 2}] * 3, "pranc.reseed_period=2")
     m, model, memory = clients[1]
-    stale = m.encode_up(model, m.initial_state(model) | {"alpha": np.zeros(K, np.float32)}, {})
+    stale = m.encode_up(model, m.state_of(model) | {"alpha": np.zeros(K, np.float32)}, {})
     stale["period"] = m.encode_down({"alpha": np.zeros(K, np.float32), "history": np.zeros((0, K), np.float32)})["period"]
     content = RecordDict({"arrays": stale, "metrics": MetricRecord({"num-examples": 100, "train-loss": 1.0}),
                           "config": ConfigRecord({"fingerprint": strategy.fingerprint})})

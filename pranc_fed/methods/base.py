@@ -131,7 +131,7 @@ class Method(ABC):
         """The model a client trains (identical on every party for the same config)."""
 
     @abstractmethod
-    def initial_state(self, model: nn.Module) -> State:
+    def state_of(self, model: nn.Module) -> State:
         """The global state the server starts from."""
 
     @abstractmethod

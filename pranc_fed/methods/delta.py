@@ -110,7 +110,7 @@ class DenseDelta(FedAvg):
         return out
 
     def encode_up(self, model: nn.Module, start: State, memory: dict[str, np.ndarray]) -> ArrayRecord:
-        now = self.initial_state(model)
+        now = self.state_of(model)
         delta = {k: now[k] - start[k] for k in start}
         target = self.flatten(delta)
         residual = memory.get(RESIDUAL_KEY)

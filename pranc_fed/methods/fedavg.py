@@ -22,7 +22,7 @@ class FedAvg(Method):
     def build_model(self, bundle: DatasetBundle, device: torch.device) -> nn.Module:
         return build_dense(self.cfg, bundle, device)
 
-    def initial_state(self, model: nn.Module) -> State:
+    def state_of(self, model: nn.Module) -> State:
         return float_state(model.state_dict())
 
     def encode_down(self, state: State, memory: dict[str, np.ndarray] | None = None) -> ArrayRecord:
@@ -35,12 +35,12 @@ class FedAvg(Method):
         model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=False)
 
     def load_down(self, model: nn.Module, record: ArrayRecord, memory: dict[str, np.ndarray]) -> State:
-        state = self.decode_state(record, self.initial_state(model))
+        state = self.decode_state(record, self.state_of(model))
         self.load_state(model, state)
         return state
 
     def encode_up(self, model: nn.Module, start: State, memory: dict[str, np.ndarray]) -> ArrayRecord:
-        return self.encode_down(self.initial_state(model))
+        return self.encode_down(self.state_of(model))
 
     def decode_up(self, record: ArrayRecord, state: State) -> State:
         received = self.decode_state(record, state)

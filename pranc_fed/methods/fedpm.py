@@ -97,7 +97,7 @@ class FedPM(Method):
     def make_optimizer(self, model: MaskedNetwork) -> torch.optim.Optimizer:
         return torch.optim.Adam([model.scores], lr=self.cfg.methods.fedpm_lr)
 
-    def initial_state(self, model: MaskedNetwork) -> State:
+    def state_of(self, model: MaskedNetwork) -> State:
         return {"theta": torch.sigmoid(model.scores).detach().cpu().numpy().astype(np.float32)}
 
     def encode_down(self, state: State, memory: dict[str, np.ndarray] | None = None) -> ArrayRecord:
@@ -109,7 +109,7 @@ class FedPM(Method):
             model.scores.copy_(torch.logit(theta))
 
     def load_down(self, model: MaskedNetwork, record: ArrayRecord, memory: dict[str, np.ndarray]) -> State:
-        state = decode_state(record, self.initial_state(model), lambda key: self.wire_dtype)
+        state = decode_state(record, self.state_of(model), lambda key: self.wire_dtype)
         if ((state["theta"] < 0) | (state["theta"] > 1)).any():
             raise InvalidReply("theta: a probability outside [0, 1]")
         self.load_state(model, state)

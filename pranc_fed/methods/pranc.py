@@ -89,7 +89,7 @@ class Pranc(Method):
     def _shared_local(self, model: PrancModel) -> State:
         return float_state(model.local_state()) if self.cfg.pranc.share_local_params else {}
 
-    def initial_state(self, model: PrancModel) -> State:
+    def state_of(self, model: PrancModel) -> State:
         state = {"alpha": model.alpha.detach().cpu().numpy().astype(np.float32)} | self._shared_local(model)
         if self.reseed_period:
             state[HISTORY_KEY] = _stack(model.history, model.num_coeffs)
@@ -158,7 +158,7 @@ class Pranc(Method):
         if self.reseed_period:
             history, others = self._receive_history(record, memory, model.num_coeffs)
             model.sync_history(history)
-        state = self._decode(self.down, record, _trained(self.initial_state(model)), others, omit_zeros=True)
+        state = self._decode(self.down, record, _trained(self.state_of(model)), others, omit_zeros=True)
         self.load_state(model, state)
         own = {k: torch.from_numpy(v) for k, v in memory.items()
                if k not in (RESIDUAL_KEY, HISTORY_KEY) and not k.startswith(OPTIMIZER_PREFIX)}
@@ -170,7 +170,7 @@ class Pranc(Method):
     def encode_up(self, model: PrancModel, start: State, memory: dict[str, np.ndarray]) -> ArrayRecord:
         if not self.cfg.pranc.share_local_params:
             memory.update({k: v.cpu().numpy() for k, v in model.local_state().items()})
-        now = self.initial_state(model)
+        now = self.state_of(model)
         delta = self._encode(self.up, {k: now[k] - start[k] for k in start}, memory)
         return self._with_period(delta, _stack(model.history, model.num_coeffs) if self.reseed_period else None)
 
