@@ -61,8 +61,16 @@ def _partition(config_json: str, partition_id: int, num_partitions: int) -> tupl
 def node_for(context: Context) -> Node:
     config_json = json.dumps(config_to_dict(config_from_run_config(context.run_config, APP_DIR)), sort_keys=True)
     cfg, method, model, device = _model(config_json)
-    train, val = _partition(config_json, int(context.node_config["partition-id"]),
-                            int(context.node_config["num-partitions"]))
+    partitions = int(context.node_config["num-partitions"])
+    if partitions != cfg.federation.num_clients:
+        # Flower's own count (flwr run's default is 2 simulated SuperNodes) would split the data
+        # otherwise than the config, the summary and the comparison say.
+        raise ValueError(f"this SuperNode holds partition {context.node_config['partition-id']} of {partitions} but "
+                         f"federation.num_clients is {cfg.federation.num_clients}: start "
+                         f"{cfg.federation.num_clients} SuperNodes (flwr run . --federation-config "
+                         f"'num-supernodes={cfg.federation.num_clients}', or pranc-fed simulate) or set "
+                         f"federation.num_clients={partitions}")
+    train, val = _partition(config_json, int(context.node_config["partition-id"]), partitions)
     return Node(cfg, method, model, method.fingerprint(model), device, train, val)
 
 

@@ -30,3 +30,13 @@ def test_a_dense_method_needs_no_basis_check():
     from pranc_fed.config import load_config
     from pranc_fed.training import preflight
     preflight(load_config("configs/mnist_lenet.yaml", ["model.arch=resnet18", "federation.method=fedavg"]))
+
+
+def test_a_supernode_count_that_differs_from_the_config_is_refused_with_the_fix():
+    """`flwr run .` starts Flower's default of 2 simulated SuperNodes; the config says 3 clients."""
+    from flwr.app import Context, RecordDict
+    from pranc_fed import client_app
+    context = Context(1, 7, {"partition-id": 0, "num-partitions": 2}, RecordDict(),
+                      {"config-file": "configs/mnist_lenet.yaml", "overrides": ""})
+    with pytest.raises(ValueError, match="partition 0 of 2 but federation.num_clients is 3.*num-supernodes=3"):
+        client_app.node_for(context)
