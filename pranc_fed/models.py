@@ -4,7 +4,7 @@ Plain PyTorch ``nn.Module`` s, no tricks: every model has a fixed structure give
 (num_classes, in_channels), uses only out-of-place ops, and works with
 ``torch.func.functional_call``.
 
-Convention the rest of the project relies on (basis.py, pranc.py, methods/):
+Convention the rest of the project relies on (basis/, pranc.py, methods/):
 
 * **covered** parameters are ALL weights and biases of ``nn.Conv*`` / ``nn.Linear``
   layers, in ``named_parameters()`` order. PRANC represents exactly these as

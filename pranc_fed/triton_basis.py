@@ -1,7 +1,7 @@
 """GPU engine of the basis: Triton kernels that generate B inside expand and project.
 
 B is never stored: each program regenerates its tile of B from the counters of spec v1
-(``basis.py``) with Philox4x32-10 in registers, multiplies it by alpha (expand) or by the
+(``basis/generator.py``) with Philox4x32-10 in registers, multiplies it by alpha (expand) or by the
 gradient (project), and keeps only the float32 accumulators. The basis values a kernel uses
 are bit-identical to the CPU definition (same integer Philox, the same exact u, one float32
 multiply by b_i); only the order of the float32 sums differs, so products agree to rounding.

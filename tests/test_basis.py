@@ -80,7 +80,7 @@ def test_torch_and_numpy_generators_agree() -> None:
 def test_compiled_generator_matches_the_reference_bits() -> None:
     """philox_numba against numpy's engine and the torch reference: random 64-bit seeds, random blocks,
     and the last rows and columns of LeNet's d = 44,426 and K = 5000, both streams."""
-    assert basis_mod._compiled is not None, "numba is a dependency: the compiled generator must load"
+    assert basis_mod.generator._compiled is not None, "numba is a dependency: the compiled generator must load"
     rng = np.random.default_rng(3)
     d, k = 44_426, 5000
     blocks = [(d - 5, d, k - 3, k), (d - 1, d, 0, 1), (0, 1, k - 1, k), (4097, 4099, 2, 7)]
@@ -231,7 +231,7 @@ def test_disk_cache_is_shared_not_regenerated(tmp_path) -> None:
         from pranc_fed.models import build_model
         b = basis.Basis.for_module(build_model("lenet"), 64, {SEED}, "lenet", cache="disk")
         a = torch.arange(64, dtype=torch.float32) / 64
-        print(json.dumps({{"source": b.cache_source, "generated": basis.generated_values, "nonzeros": b.nonzeros,
+        print(json.dumps({{"source": b.cache_source, "generated": basis.core.generated_values, "nonzeros": b.nonzeros,
                           "file": str(b.cache_file), "theta": b.expand(a)[:5].tolist()}}))
     """)
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
@@ -249,7 +249,7 @@ def test_corrupt_disk_cache_is_rewritten(tmp_path) -> None:
     good = Basis.for_module(model, 16, SEED, "lenet", cache="disk", cache_path=path).matrix()
     os.chmod(path, 0o644)
     with open(path, "r+b") as f:          # flip bytes in the first rows: a spot-checked region
-        f.seek(basis_mod._CACHE_HEADER + 8)
+        f.seek(basis_mod.core._CACHE_HEADER + 8)
         f.write(b"\x01\x02\x03\x04")
     with pytest.warns(UserWarning, match="corrupt"):
         again = Basis.for_module(model, 16, SEED, "lenet", cache="disk", cache_path=path)

@@ -13,7 +13,7 @@ e_s and e_c are the error-feedback residuals (pranc.error_feedback): what roundi
 the next message, so it is delayed, never dropped. e_s lives on the server, so its exact state
 never degrades and every client decodes the same broadcast; e_c lives in the client's Flower state.
 
-Re-seeded subspaces (pranc.reseed_period P > 0; the fold itself is specified in basis.py). When a
+Re-seeded subspaces (pranc.reseed_period P > 0; the fold itself is specified in basis/). When a
 period ends, at the start of round kP + 1, the server encodes its alpha (plus e_s) with the downlink
 codec as `fold<k>`, decodes it to a_k, appends a_k to the history (the state's `history`, n x K),
 and restarts from alpha = 0; both residuals belong to the old basis and are dropped. Every party

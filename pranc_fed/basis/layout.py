@@ -1,0 +1,126 @@
+"""Which parameters B covers (Segment), how its columns are laid out (Block: global or per-layer)
+and the fingerprint that names a basis on the wire and in files."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+LAYOUTS = ("global", "per_layer")
+
+
+class FingerprintMismatch(ValueError):
+    """Two parties do not hold the same basis (seed, K, architecture, layout or spec)."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One covered parameter tensor: where it sits in theta and its init bound."""
+    name: str
+    shape: tuple[int, ...]
+    offset: int
+    layer: str
+    bound: float
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class Block:
+    """A non-zero block of B: rows [row0, row1) of theta times columns [col0, col1) of alpha."""
+    row0: int
+    row1: int
+    col0: int
+    col1: int
+
+
+def covered_segments(module: nn.Module) -> list[Segment]:
+    """Every weight and bias of conv/linear layers, in named_parameters() order, with its bound."""
+    owners = {}
+    for layer_name, layer in module.named_modules():
+        if isinstance(layer, (nn.Linear, nn.modules.conv._ConvNd)):
+            fan_in = layer.weight[0].numel()
+            for pname, param in layer.named_parameters(recurse=False):
+                owners[id(param)] = (layer_name, fan_in)
+    segments, offset = [], 0
+    for name, param in module.named_parameters():
+        if id(param) in owners:
+            layer_name, fan_in = owners[id(param)]
+            bound = float(torch.tensor(1.0 / math.sqrt(fan_in), dtype=torch.float32))
+            segments.append(Segment(name, tuple(param.shape), offset, layer_name, bound))
+            offset += param.numel()
+    if not segments:
+        raise ValueError("the module has no conv or linear layers: PRANC has nothing to cover")
+    return segments
+
+
+def split_columns(sizes: list[int], num_coeffs: int) -> list[int]:
+    """K_l proportional to sizes by largest remainder, each at least 1, summing to num_coeffs."""
+    if num_coeffs < len(sizes):
+        raise ValueError(f"per_layer layout needs num_coeffs >= number of layers ({len(sizes)}), got {num_coeffs}")
+    spare = num_coeffs - len(sizes)
+    total = sum(sizes)
+    exact = [spare * s / total for s in sizes]
+    counts = [int(e) for e in exact]
+    by_remainder = sorted(range(len(sizes)), key=lambda l: (counts[l] - exact[l], l))
+    for l in by_remainder[:spare - sum(counts)]:
+        counts[l] += 1
+    return [c + 1 for c in counts]
+
+
+def make_blocks(segments: list[Segment], num_coeffs: int, layout: str) -> list[Block]:
+    dim = segments[-1].offset + segments[-1].numel
+    if layout == "global":
+        return [Block(0, dim, 0, num_coeffs)]
+    if layout != "per_layer":
+        raise ValueError(f"unknown basis layout {layout!r}; choose one of {LAYOUTS}")
+    layers: dict[str, list[int]] = {}
+    for s in segments:
+        span = layers.setdefault(s.layer, [s.offset, s.offset])
+        span[1] = s.offset + s.numel
+    spans = list(layers.values())
+    counts = split_columns([r1 - r0 for r0, r1 in spans], num_coeffs)
+    blocks, col = [], 0
+    for (r0, r1), k in zip(spans, counts):
+        blocks.append(Block(r0, r1, col, col + k))
+        col += k
+    return blocks
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What two parties must share to hold the same basis; it travels with every message and file."""
+    spec: int
+    arch: str
+    dim: int
+    num_coeffs: int
+    layout: str
+    seed: int
+    checksum: str
+
+    def __str__(self) -> str:
+        return f"pranc-v{self.spec}:{self.arch}:d{self.dim}:k{self.num_coeffs}:{self.layout}:s{self.seed}:{self.checksum}"
+
+    @classmethod
+    def parse(cls, text: str) -> "Fingerprint":
+        try:
+            spec, arch, dim, k, layout, seed, checksum = text.split(":")
+            return cls(int(spec.removeprefix("pranc-v")), arch, int(dim[1:]), int(k[1:]), layout,
+                       int(seed[1:]), checksum)
+        except ValueError:
+            raise FingerprintMismatch(f"malformed basis fingerprint {text!r}") from None
+
+    def check(self, other: "Fingerprint | str", what: str = "received") -> None:
+        """Raise FingerprintMismatch naming each differing field."""
+        other = Fingerprint.parse(other) if isinstance(other, str) else other
+        diffs = [f"{f}: expected {getattr(self, f)!r}, {what} {getattr(other, f)!r}"
+                 for f in ("spec", "arch", "dim", "num_coeffs", "layout", "seed", "checksum")
+                 if getattr(self, f) != getattr(other, f)]
+        if diffs:
+            raise FingerprintMismatch("basis mismatch (" + "; ".join(diffs) + "): both sides must use the "
+                                      "same pranc.basis_seed, pranc.num_coeffs, pranc.layout and model.arch")
