@@ -27,9 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Layers whose weights and biases PRANC covers (nn.Conv1d/2d/3d and transposed convs
-# all derive from _ConvNd).
-COVERED_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.modules.conv._ConvNd, nn.Linear)
+from .basis.layout import COVERED_LAYER_TYPES, covered_parameters  # what PRANC covers: defined once, there
 
 
 # --------------------------------------------------------------------------- LeNet
@@ -254,11 +252,8 @@ def build_model(arch: str, num_classes: int = 10, in_channels: int | None = None
 
 
 def covered_parameter_names(module: nn.Module) -> list[str]:
-    """Names of the covered parameters (conv/linear weights and biases), in order."""
-    covered = {
-        id(p) for m in module.modules() if isinstance(m, COVERED_LAYER_TYPES) for p in m.parameters(recurse=False)
-    }
-    return [name for name, p in module.named_parameters() if id(p) in covered]
+    """Names of the covered parameters (conv/linear weights and biases), in order: the basis's definition."""
+    return [name for name, *_ in covered_parameters(module)]
 
 
 def count_parameters(module: nn.Module) -> tuple[int, int]:

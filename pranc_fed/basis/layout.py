@@ -39,21 +39,29 @@ class Block:
     col1: int
 
 
-def covered_segments(module: nn.Module) -> list[Segment]:
-    """Every weight and bias of conv/linear layers, in named_parameters() order, with its bound."""
+# Layers whose weights and biases PRANC covers (nn.Conv1d/2d/3d and transposed convs all derive from _ConvNd).
+COVERED_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.modules.conv._ConvNd, nn.Linear)
+
+
+def covered_parameters(module: nn.Module) -> list[tuple[str, nn.Parameter, str, int]]:
+    """(name, parameter, owning layer, its fan-in) of every weight and bias of a conv/linear layer,
+    in named_parameters() order: what B covers (everything else is local)."""
     owners = {}
     for layer_name, layer in module.named_modules():
-        if isinstance(layer, (nn.Linear, nn.modules.conv._ConvNd)):
+        if isinstance(layer, COVERED_LAYER_TYPES):
             fan_in = layer.weight[0].numel()
-            for pname, param in layer.named_parameters(recurse=False):
+            for param in layer.parameters(recurse=False):
                 owners[id(param)] = (layer_name, fan_in)
+    return [(name, param, *owners[id(param)]) for name, param in module.named_parameters() if id(param) in owners]
+
+
+def covered_segments(module: nn.Module) -> list[Segment]:
+    """Every covered parameter (covered_parameters) with its offset in theta and its bound."""
     segments, offset = [], 0
-    for name, param in module.named_parameters():
-        if id(param) in owners:
-            layer_name, fan_in = owners[id(param)]
-            bound = float(torch.tensor(1.0 / math.sqrt(fan_in), dtype=torch.float32))
-            segments.append(Segment(name, tuple(param.shape), offset, layer_name, bound))
-            offset += param.numel()
+    for name, param, layer_name, fan_in in covered_parameters(module):
+        bound = float(torch.tensor(1.0 / math.sqrt(fan_in), dtype=torch.float32))
+        segments.append(Segment(name, tuple(param.shape), offset, layer_name, bound))
+        offset += param.numel()
     if not segments:
         raise ValueError("the module has no conv or linear layers: PRANC has nothing to cover")
     return segments
