@@ -233,10 +233,9 @@ class Deployment(FlowerRun):
 
     def kill_node(self, name: str) -> None:
         """Kill a SuperNode and the ClientApp processes it runs, as a crash would (SIGKILL)."""
-        from .runner import _descendants, _signal
+        from .runner import kill_tree
         process = self.nodes[name]
-        for pid in [process.pid, *_descendants(process.pid)]:
-            _signal(pid, signal.SIGKILL)
+        kill_tree(process.pid)
         process.wait(timeout=10)
 
     def run_info(self, run_id: int) -> dict:

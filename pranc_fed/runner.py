@@ -176,22 +176,22 @@ class FlowerRun:
         """Terminate everything started and all their descendants (Flower detaches some children
         into sessions of their own, so process groups are not enough), then kill what is left."""
         pids = [p.pid for p in self.processes if p.poll() is None]
-        pids += [d for pid in pids for d in _descendants(pid)]
+        pids += [d for pid in pids for d in descendants(pid)]
         for pid in pids:
-            _signal(pid, signal.SIGTERM)
+            send_signal(pid, signal.SIGTERM)
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+        while time.monotonic() < deadline and any(alive(pid) for pid in pids):
             for process in self.processes:
                 process.poll()  # reap our own children so they stop counting as alive
             time.sleep(0.2)
         for pid in pids:
-            _signal(pid, signal.SIGKILL)
+            send_signal(pid, signal.SIGKILL)
         for process in self.processes:
             process.poll()
         self.processes.clear()
 
 
-def _children_map() -> dict[int, list[int]]:
+def children_map() -> dict[int, list[int]]:
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -203,10 +203,16 @@ def _children_map() -> dict[int, list[int]]:
     return children
 
 
-def _descendants(pid: int) -> list[int]:
+def kill_tree(pid: int, sig: int = signal.SIGKILL) -> None:
+    """Signal a process and every process below it (Flower detaches some into sessions of their own)."""
+    for target in [pid, *descendants(pid)]:
+        send_signal(target, sig)
+
+
+def descendants(pid: int) -> list[int]:
     if not Path("/proc").is_dir():
         return []
-    children, out, todo = _children_map(), [], [pid]
+    children, out, todo = children_map(), [], [pid]
     while todo:
         for child in children.get(todo.pop(), []):
             out.append(child)
@@ -214,14 +220,14 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
-def _signal(pid: int, sig: int) -> None:
+def send_signal(pid: int, sig: int) -> None:
     try:
         os.kill(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
         return state != "Z"

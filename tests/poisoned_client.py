@@ -49,7 +49,9 @@ def train(msg: Message, context: Context) -> Message:
     elif mode == "fingerprint":
         reply.content["config"]["fingerprint"] = "pranc-v1:lenet:d1:k1:global:s999:0000000000000000"
     if dump := context.node_config.get("dump-dir"):  # the alpha this node trained: start + the change it sends
-        trained = _values(msg.content["arrays"]["alpha"]).astype(np.float64) + _values(arrays["alpha"])
+        sent = msg.content["arrays"]  # an all-zero broadcast alpha travels as no array
+        start = _values(sent["alpha"]).astype(np.float64) if "alpha" in sent else np.zeros(arrays["alpha"].shape)
+        trained = start + _values(arrays["alpha"])
         np.savez(Path(str(dump)) / f"round-{server_round}.npz", alpha=trained.astype(np.float32),
                  num_examples=int(reply.content["metrics"]["num-examples"]))
     return reply

@@ -24,7 +24,7 @@ from pranc_fed.cli import main
 from pranc_fed.config import load_config
 from pranc_fed.deploy import Deployment, collect, deploy
 from pranc_fed.pranc import read_pranc_file
-from pranc_fed.runner import _alive, _descendants, run_config_for
+from pranc_fed.runner import alive, descendants, run_config_for
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "mnist_lenet.yaml"
 SMALL = ["pranc.num_coeffs=200", "pranc.layout=per_layer", "data.train_subset=900", "data.test_subset=500",
@@ -50,7 +50,7 @@ def replies(out: Path) -> list[dict]:
 
 def processes_of(deployment: Deployment) -> list[int]:
     pids = [p.pid for p in deployment.processes]
-    return pids + [d for pid in pids for d in _descendants(pid)]
+    return pids + [d for pid in pids for d in descendants(pid)]
 
 
 def submit(deployment: Deployment, overrides: list[str], out: Path, app: Path | None = None) -> int:
@@ -73,7 +73,7 @@ def federation(tmp_path_factory):
         deployment.start(3, {i: c.format(dumps=dumps) for i, c in POISON.items()})
         yield deployment, root, dumps
         pids = processes_of(deployment)
-    assert not [pid for pid in pids if _alive(pid)], "processes left running"
+    assert not [pid for pid in pids if alive(pid)], "processes left running"
 
 
 @pytest.mark.deploy
@@ -163,7 +163,7 @@ def test_tls_and_node_auth_complete_and_refuse_an_unregistered_node(tmp_path):
     report = json.loads((out / "deployment.json").read_text())
     assert report["tls"] and report["auth"] and report["status"] == "finished:completed"
     assert [r["received"] for r in replies(out)] == [3]
-    assert not [pid for pid in seen["pids"] if _alive(pid)], "processes left running"
+    assert not [pid for pid in seen["pids"] if alive(pid)], "processes left running"
 
 
 def test_deploy_fails_before_starting_anything_on_a_missing_dataset(tmp_path, capsys):
