@@ -4,6 +4,7 @@ elsewhere; bad input of any kind exits with status 2 and a message that says wha
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -257,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pranc-fed: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `pranc-fed predict --json | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes at exit
+        return 0
 
 
 if __name__ == "__main__":

@@ -101,6 +101,18 @@ def test_evaluate_reproduces_training_accuracy(trained, capsys) -> None:
     assert rc == 0 and out.startswith("accuracy ")
 
 
+def test_predict_into_a_closed_pipe_ends_quietly(trained, pngs) -> None:
+    """`pranc-fed predict --json ... | head -c 100`: more output than the pipe holds, then the reader goes."""
+    import subprocess
+    import sys
+    path, _ = trained
+    single = str(pngs[0])
+    cmd = f"{sys.executable} -m pranc_fed.cli predict {path} {' '.join([single] * 1500)} --json | head -c 100"
+    done = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, timeout=300)
+    assert len(done.stdout) == 100 and "Traceback" not in done.stderr and "Broken" not in done.stderr, done.stderr
+    assert done.returncode == 0
+
+
 def test_predict(trained, pngs, capsys) -> None:
     path, _ = trained
     single, folder, _ = pngs
