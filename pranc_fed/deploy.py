@@ -34,16 +34,14 @@ import datetime
 import ipaddress
 import json
 import re
-import signal
 import subprocess
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .runner import APP_DIR, BIN_DIR, FlowerRun, free_port, run_config_for, show_progress
+from .runner import APP_DIR, BIN_DIR, FlowerRun, free_port, run_config_for, show_progress, terminate_as_interrupt
 
 CERT_NAMES = ("ca.crt", "server.pem", "server.key")
 
@@ -332,22 +330,6 @@ def print_report(report: dict) -> None:
         print(f"[pranc-fed] round {key}: no reply from node(s) {', '.join(lost)}", flush=True)
 
 
-@contextmanager
-def _terminate_as_interrupt():
-    """SIGTERM (e.g. from a job scheduler) unwinds like Ctrl-C, so every process gets stopped."""
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-    try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def deploy(config_path: str | Path, overrides: list[str], cfg, out: Path, nodes: int, tls: bool = False,
            auth: bool = False, certs: Path | None = None, app: Path = APP_DIR,
            node_config: dict[int, str] | None = None, timeout: float | None = None,
@@ -358,7 +340,7 @@ def deploy(config_path: str | Path, overrides: list[str], cfg, out: Path, nodes:
     is connected, before the run is submitted (e.g. to start more nodes)."""
     tls, out = tls or auth, Path(out).resolve()
     started = time.perf_counter()
-    with _terminate_as_interrupt(), Deployment(out, tls=tls, auth=auth, certs=certs) as deployment:
+    with terminate_as_interrupt(), Deployment(out, tls=tls, auth=auth, certs=certs) as deployment:
         deployment.start(nodes, node_config)
         print(f"[pranc-fed] SuperLink on {deployment.address} ({'TLS' if tls else 'insecure'}"
               f"{', node auth' if auth else ''}), {nodes} SuperNodes connected; logs in {deployment.log_dir}",

@@ -18,6 +18,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 import urllib.request
 from pathlib import Path
 
@@ -235,6 +236,23 @@ def alive(pid: int) -> bool:
         return False
 
 
+@contextmanager
+def terminate_as_interrupt():
+    """SIGTERM (a job scheduler, `kill`) unwinds like Ctrl-C, so every process started gets stopped.
+    Background jobs of a non-interactive shell ignore SIGINT: SIGTERM is the signal that always works."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_config_for(config_path: str | Path, overrides: list[str], out: Path) -> dict[str, str]:
     """The app's run config: the YAML, the user's overrides, and the output folder as an absolute path."""
     overrides = [*overrides, f"out_dir={out.resolve()}"]
@@ -251,7 +269,7 @@ def simulate(config_path: str | Path, overrides: list[str], cfg, out: Path, app:
     fed = cfg.federation
     federation = (f"num-supernodes={fed.num_clients} client-resources-num-cpus={fed.num_cpus_per_client:g} "
                   f"client-resources-num-gpus={fed.num_gpus_per_client:g}")
-    with FlowerRun(out / "logs") as flower:
+    with terminate_as_interrupt(), FlowerRun(out / "logs") as flower:
         flower.start_superlink(simulation=True)
         run_id = flower.submit(run_config_for(config_path, overrides, out), federation, app)
         print(f"[pranc-fed] simulation run {run_id} submitted; logs in {out / 'logs'}", flush=True)

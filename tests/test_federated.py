@@ -205,7 +205,7 @@ def test_a_sampled_node_that_never_replies_is_listed_as_timed_out():
 
 
 def test_a_killed_run_resumes_to_the_same_final_model(tmp_path):
-    """Interrupt a simulation after its first round, resume it, and get the uninterrupted run's model."""
+    """Kill a simulation after its first round, resume it, and get the uninterrupted run's model."""
     import signal
     import subprocess
     import sys
@@ -222,7 +222,8 @@ def test_a_killed_run_resumes_to_the_same_final_model(tmp_path):
     while not ((killed / "rounds.csv").is_file() and len((killed / "rounds.csv").read_text().splitlines()) >= 2):
         assert run.poll() is None and time.monotonic() < deadline, "the run ended before its first round was recorded"
         time.sleep(0.2)
-    run.send_signal(signal.SIGINT)  # as Ctrl-C: the CLI stops every Flower process it started
+    run.send_signal(signal.SIGTERM)  # as a scheduler would (SIGINT is ignored by background jobs): the CLI
+    # stops every Flower process it started
     assert run.wait(timeout=60) != 0
     assert not (killed / "summary.json").exists()
     done = len((killed / "rounds.csv").read_text().splitlines()) - 1
