@@ -1,10 +1,31 @@
 """pranc-fed: federated learning that sends PRANC coefficients instead of weights."""
 
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
 __version__ = "0.1.0"
 
 
-def cache_root():
+def cache_root() -> Path:
     """Where pranc-fed keeps caches (datasets/, basis/): $PRANC_FED_CACHE, else ~/.cache/pranc-fed."""
-    import os
-    from pathlib import Path
     return Path(os.environ.get("PRANC_FED_CACHE") or Path.home() / ".cache" / "pranc-fed").expanduser()
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write through a private temporary file in the same folder, then rename it over path: a reader,
+    a process racing to write the same file, or a run killed halfway sees the old file or the new one,
+    never a part. The file is readable by all (mkstemp makes 0600), as results and shared caches must be."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -35,7 +35,7 @@ from .codecs import CODECS, ROUNDINGS
 from .aggregation import AGGREGATIONS, NORM_BOUNDS, SERVER_OPTIMIZERS, WEIGHTINGS
 from .basis import CACHE_DTYPES, CACHES, LAYOUTS
 from .data import PARTITION_SCHEMES
-from .pranc import ALPHA_DTYPES
+from .pranc import ALPHA_DTYPES, MAX_NUM_COEFFS
 
 CONFIG_FILE_KEY = "config-file"  # Flower run-config key naming the YAML file
 OVERRIDES_KEY = "overrides"  # Flower run-config key holding the shell-quoted overrides of that file
@@ -81,7 +81,7 @@ class ModelConfig:
 
 @dataclass
 class PrancConfig:
-    num_coeffs: int = _f(5000, ge=1, le=10**8)  # K: basis size = number of alpha coefficients sent
+    num_coeffs: int = _f(5000, ge=1, le=MAX_NUM_COEFFS)  # K: basis size = number of alpha coefficients sent
     basis_seed: int = _f(0, ge=0, lt=2**64)  # shared seed that regenerates the basis everywhere
     layout: str = _f("global", choices=LAYOUTS)  # one basis for all weights, or one per layer (cheaper)
     alpha_dtype: str = _f("float32", choices=ALPHA_DTYPES)  # dtype of alpha in .pranc model files
@@ -129,7 +129,7 @@ class FederationConfig:
     resume: bool = _f(False)  # continue from the checkpoint in out_dir after its last complete round (CLI: --resume DIR)
     min_aggregated_share: float = _f(0.5, ge=0, le=1)  # a run that aggregates fewer of its rounds fails (non-zero exit)
     max_num_examples: int = _f(10_000_000, ge=1, le=2**53)  # replies claiming more examples are dropped
-    # Robust aggregation (robust.py): what a minority of clients can do to the global model.
+    # Robust aggregation (aggregation.py): what a minority of clients can do to the global model.
     client_weighting: str = _f("examples", choices=WEIGHTINGS)  # examples (FedAvg) | capped | equal
     weight_cap: float = _f(2.0, ge=1)  # capped: a reply weighs at most this x the round's median claimed num-examples
     norm_bound: str = _f("none", choices=NORM_BOUNDS)  # clip or drop updates longer than norm_factor x the median

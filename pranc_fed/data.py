@@ -32,7 +32,6 @@ import importlib.resources
 import json
 import os
 import pickle
-import tempfile
 import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -45,7 +44,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Subset
 
-from . import cache_root
+from . import atomic_write, cache_root
 
 CACHE_VERSION = 1  # bump when the cached .npz content changes
 DATASET_NAMES = ("mnist",)
@@ -361,18 +360,9 @@ def _disk_cached(key: str, label: str, build: Any) -> dict[str, Any]:
     meta = {k: arrays[k] for k in ("class_names", "mean", "std")}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # Several client processes may race to write the same file: write a private
-        # temp file in the same folder, then rename over (atomic on POSIX).
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, meta=np.array(json.dumps(meta)),
-                         **{k: arrays[k] for k in ("train_x", "train_y", "test_x", "test_y")})  # fmt: skip
-            os.chmod(tmp, 0o644)  # mkstemp makes 0600; the cache may be shared
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        # Several client processes may race to write the same file.
+        atomic_write(path, lambda f: np.savez(f, meta=np.array(json.dumps(meta)),
+                                              **{k: arrays[k] for k in ("train_x", "train_y", "test_x", "test_y")}))
     except OSError as e:  # read-only home etc.: still usable, just slower next time
         warnings.warn(f"could not write dataset cache {path}: {e}", stacklevel=2)
     return arrays

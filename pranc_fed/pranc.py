@@ -244,9 +244,7 @@ def read_pranc_file(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.T
         raise PrancFileError(f"{path}: {len(body) - offset} unexplained bytes after the tensors")
     if "alpha" not in tensors or tensors["alpha"].shape != (header["num_coeffs"],):
         raise PrancFileError(f"{path}: alpha is missing or does not have num_coeffs={header['num_coeffs']} values")
-    periods = header.get("periods", 0)
-    if not isinstance(periods, int) or isinstance(periods, bool) or periods < 0:
-        raise PrancFileError(f"{path}: periods must be a non-negative integer, got {periods!r}")
+    periods = header.get("periods", 0)  # checked by _header_problem
     history = tensors.get("history")
     if periods and (history is None or history.shape != (periods, header["num_coeffs"]) or history.dtype != torch.float32):
         raise PrancFileError(f"{path}: periods={periods!r} needs a float32 history of {periods} x {header['num_coeffs']}")
@@ -261,6 +259,7 @@ def read_pranc_file(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.T
 # Limits a real model stays far inside; a header beyond them is refused before anything is allocated.
 MAX_NUM_COEFFS, MAX_PERIODS, MAX_DIM, MAX_TENSORS = 10**8, 10**6, 10**10, 10_000
 MAX_MODEL_ARG, MAX_TEXT = 2**16, 1000
+_MODEL_ARGS = tuple(name for name in inspect.signature(build_model).parameters if name != "arch")
 
 
 def _is_int(value: Any, low: int = 0, high: int = 2**64 - 1) -> bool:
@@ -286,7 +285,7 @@ def _header_problem(header: Any, body_bytes: int) -> str | None:
         "dim": lambda v: _is_int(v, 1, MAX_DIM),
         "fingerprint": _is_text,
         "model_args": lambda v: isinstance(v, dict) and all(
-            k in inspect.signature(build_model).parameters and k != "arch" and _is_int(x, 1, MAX_MODEL_ARG)
+            k in _MODEL_ARGS and _is_int(x, 1, MAX_MODEL_ARG)
             for k, x in v.items()),
         "metadata": lambda v: isinstance(v, dict),
         "tensors": lambda v: isinstance(v, list) and len(v) <= MAX_TENSORS,

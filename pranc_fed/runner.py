@@ -18,8 +18,8 @@ import sys
 import tempfile
 import threading
 import time
-from contextlib import contextmanager
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 APP_DIR = Path(__file__).resolve().parents[1]
@@ -192,7 +192,7 @@ class FlowerRun:
         self.processes.clear()
 
 
-def children_map() -> dict[int, list[int]]:
+def _children_map() -> dict[int, list[int]]:
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -213,7 +213,7 @@ def kill_tree(pid: int, sig: int = signal.SIGKILL) -> None:
 def descendants(pid: int) -> list[int]:
     if not Path("/proc").is_dir():
         return []
-    children, out, todo = children_map(), [], [pid]
+    children, out, todo = _children_map(), [], [pid]
     while todo:
         for child in children.get(todo.pop(), []):
             out.append(child)

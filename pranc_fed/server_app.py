@@ -8,10 +8,7 @@ import io
 import json
 import logging
 import math
-import os
-import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -19,6 +16,7 @@ import numpy as np
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from . import atomic_write
 from .config import ConfigError, ExperimentConfig, config_from_dict, config_from_run_config, config_to_dict
 from .data import load_dataset
 from .methods import get_method
@@ -63,7 +61,7 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path) -> dict:
     validation = None if held_out is None else make_loader(held_out, 1000, shuffle=False, seed=cfg.seed)
     rows: list[dict] = _resume(cfg, strategy, out) if cfg.federation.resume else []
     started -= rows[-1]["wall_seconds"] if rows else 0
-    _atomic_write(out / "config.json", lambda f: f.write(json.dumps(config_to_dict(cfg), indent=2).encode()))
+    atomic_write(out / "config.json", lambda f: f.write(json.dumps(config_to_dict(cfg), indent=2).encode()))
     print(f"[pranc-fed] {cfg.name}: {cfg.federation.method} on {cfg.model.arch}, {cfg.federation.num_clients} "
           f"clients, {cfg.federation.rounds} rounds, fingerprint {fingerprint}"
           + (f"; resumed after round {len(rows)}" if rows else ""), flush=True)
@@ -74,10 +72,10 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path) -> dict:
         loss, accuracy = evaluate(model, tests, device)
         val_accuracy = None if validation is None else evaluate(model, validation, device)[1]
         rows.append(_round_row(strategy, server_round, loss, accuracy, val_accuracy, rows, time.perf_counter() - started))
-        _atomic_write(out / "rounds.csv", lambda f: _write_csv(f, rows, ROUND_FIELDS))
-        _atomic_write(out / "ledger.csv", lambda f: _write_csv(f, strategy.ledger, LEDGER_FIELDS))
+        atomic_write(out / "rounds.csv", lambda f: _write_csv(f, rows, ROUND_FIELDS))
+        atomic_write(out / "ledger.csv", lambda f: _write_csv(f, strategy.ledger, LEDGER_FIELDS))
         arrays, meta = strategy.checkpoint()
-        _atomic_write(out / CHECKPOINT, lambda f: np.savez(f, **arrays, meta=np.array(json.dumps(meta | {"rows": rows}))))
+        atomic_write(out / CHECKPOINT, lambda f: np.savez(f, **arrays, meta=np.array(json.dumps(meta | {"rows": rows}))))
         r = rows[-1]
         print(f"[pranc-fed] round {server_round}/{cfg.federation.rounds}  clients {r['received']}/{r['clients']}"
               f"  up {r['up_bytes']:,} B  down {r['down_bytes']:,} B  total {r['cum_bytes']:,} B"
@@ -91,7 +89,7 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path) -> dict:
     if summary["rounds_aggregated"] < needed:
         summary["failure"] = (f"only {summary['rounds_aggregated']} of {cfg.federation.rounds} rounds aggregated, fewer "
                               f"than federation.min_aggregated_share requires ({needed}); see 'replies' for why")
-    _atomic_write(out / "summary.json", lambda f: f.write(json.dumps(summary, indent=2).encode()))
+    atomic_write(out / "summary.json", lambda f: f.write(json.dumps(summary, indent=2).encode()))
     if "failure" in summary:
         print(f"[pranc-fed] run failed: {summary['failure']}; results in {out}", flush=True)
         raise RunFailed(summary["failure"])
@@ -125,21 +123,6 @@ def _write_csv(f: BinaryIO, rows: list[dict], fields: list[str]) -> None:
     writer.writerows(rows)
     text.flush()
     text.detach()
-
-
-def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write through a temporary file in the same folder, then rename it over path: a reader, or a
-    run killed halfway, sees the old file or the new one, never a part."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def check_resume(cfg: ExperimentConfig, out: Path) -> bool:

@@ -200,17 +200,17 @@ class MethodStrategy(FedAvg):
             node = sent_to.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
             silent.discard(node)
             size = 0 if msg.has_error() else content_size(msg.content)
-            if size > self.max_reply_bytes:  # refused before any of it is re-serialised or decoded
-                self.ledger.append({"round": server_round, "node": node, "phase": phase, "direction": "up", "bytes": size})
-                self._drop(server_round, phase, node, InvalidReply(
-                    f"reply of about {size:,} bytes, more than the {self.max_reply_bytes:,} any reply of this method needs"))
-                continue
-            size = size and record_bytes(msg.content)
+            oversized = size > self.max_reply_bytes  # then refused before any of it is re-serialised or decoded
+            size = size if oversized else size and record_bytes(msg.content)
             self.ledger.append({"round": server_round, "node": node, "phase": phase, "direction": "up", "bytes": size})
             if phase == "train":
                 stats.up_bytes += size
             else:
                 stats.eval_up_bytes += size
+            if oversized:
+                self._drop(server_round, phase, node, InvalidReply(
+                    f"reply of about {size:,} bytes, more than the {self.max_reply_bytes:,} any reply of this method needs"))
+                continue
             try:
                 examples, metrics = self._check_reply(msg, phase)
             except Exception as e:  # noqa: BLE001 - whatever a reply holds, it is dropped, never the run

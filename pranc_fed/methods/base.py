@@ -132,7 +132,7 @@ class Method(ABC):
 
     @abstractmethod
     def state_of(self, model: nn.Module) -> State:
-        """The global state the server starts from."""
+        """The state the model holds now: the server's start, a client's after local training."""
 
     @abstractmethod
     def encode_down(self, state: State, memory: dict[str, np.ndarray] | None = None) -> ArrayRecord:
@@ -164,7 +164,7 @@ class Method(ABC):
         from ..training import make_optimizer
         return make_optimizer(model, self.cfg)
 
-    def aggregate(self, state: State, replies: list[State], weights: list[int], optimizer, memory: dict) -> State:
+    def aggregate(self, state: State, replies: list[State], weights: np.ndarray, optimizer, memory: dict) -> State:
         """The next global state from the valid replies' deltas: combined by federation.aggregation
         (aggregation.py; mean: weighted by `weights`), applied by the server optimiser. memory persists on
         the server between rounds."""

@@ -127,7 +127,7 @@ class FedPM(Method):
         packed = from_array(record["mask"], "mask", "uint8", (packed_size(n, 1),))
         return {"theta": unpack_bits(packed, n, 1, "mask").astype(np.float32)}
 
-    def aggregate(self, state: State, replies: list[State], weights: list[int], optimizer, memory: dict) -> State:
+    def aggregate(self, state: State, replies: list[State], weights: np.ndarray, optimizer, memory: dict) -> State:
         """The Beta posterior of the module docstring (num-examples and the server optimiser do not apply)."""
         rounds = int(memory.get("fedpm-rounds", np.zeros(1))[0])
         if rounds % self.cfg.methods.fedpm_reset_period == 0:

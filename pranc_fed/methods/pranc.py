@@ -104,7 +104,7 @@ class Pranc(Method):
         if local:
             model.module.load_state_dict(local, strict=False)
 
-    def aggregate(self, state: State, replies: list[State], weights: list[int], optimizer, memory: dict) -> State:
+    def aggregate(self, state: State, replies: list[State], weights: np.ndarray, optimizer, memory: dict) -> State:
         return super().aggregate(_trained(state), replies, weights, optimizer, memory) | \
             {k: v for k, v in state.items() if k == HISTORY_KEY}
 
