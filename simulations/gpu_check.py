@@ -1,15 +1,17 @@
 """GPU check: run whenever a GPU is lent (`simulations/gpu_check.sh`, under 5 minutes on one GPU).
 
 Writes OUT/gpu_check.json (default runs/gpu_check) with:
-  gpu            the card's name (torch.cuda.get_device_name)
-  bit_identical  for LeNet K=5000 and ResNet20 K=10000: basis tiles generated on the GPU (the Triton
-                 kernel, and the torch engine on CUDA) against the CPU reference, at random places and
-                 at the last rows and columns: the number of differing values (must be 0)
-  engines        Triton (B generated inside the kernels) against the materialised-fp32 approach, per
-                 model: expand, project and training-step times and peak GPU memory (bench.gpu_bench),
-                 and their ratio
-  simulation     a 2-round Flower simulation with 4 clients sharing the GPU at 0.25 each: its status,
-                 final accuracy and wall time
+  gpu                   the card's name (torch.cuda.get_device_name)
+  bit_identical_ARCH    for LeNet K=5000 and ResNet20 K=10000: basis tiles generated on the GPU (the
+                        Triton kernel, and the torch engine on CUDA) against the CPU reference, at random
+                        places and at the last rows and columns: the number of differing values (must be 0)
+  engines_ARCH          Triton (B generated inside the kernels) against the materialised-fp32 approach:
+                        expand, project and training-step times and peak GPU memory (bench.gpu_bench),
+                        and their ratio
+  simulation            a 2-round Flower simulation with 4 clients sharing the GPU at 0.25 each: its
+                        status, final accuracy and wall time
+  seconds               each section's wall time
+A section that fails records its error and traceback, and the others still run.
 Without a CUDA device it writes {"gpu": null, "reason": ...} and exits 2.
 """
 
@@ -19,6 +21,7 @@ import argparse
 import json
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -74,6 +77,31 @@ def simulation(out: Path) -> dict:
             "overrides": overrides}
 
 
+def guarded(report: dict, key: str, out: Path, fn, *args):
+    """Run one section; a failure is recorded (type, message, traceback tail) and the others still run."""
+    started = time.perf_counter()
+    try:
+        report[key] = fn(*args)
+    except Exception as e:     # noqa: BLE001 - a check that breaks is itself a finding
+        report[key] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-3000:]}
+        print(f"{key}: FAILED {report[key]['error']}", flush=True)
+    report.setdefault("seconds", {})[key] = time.perf_counter() - started
+    (out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))
+    return report[key]
+
+
+def engines(arch: str, k: int, repeats: int) -> dict:
+    import bench
+    from pranc_fed.models import MODELS
+    batch_size = bench.SETTINGS[arch][1]
+    batch = (torch.randn(batch_size, *MODELS[arch].input_shape), torch.randint(0, 10, (batch_size,)))
+    result = bench.gpu_bench(arch, k, batch, repeats, print)
+    if all("step_s" in result.get(v, {}) for v in ("triton", "official")):
+        result["step_ratio_triton_over_official"] = (result["triton"]["step_s"]["min_s"]
+                                                     / result["official"]["step_s"]["min_s"])
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "gpu_check")
@@ -86,28 +114,16 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2))
         print(f"gpu_check: {report['reason']}", file=sys.stderr)
         return 2
-    import bench
-    from pranc_fed.models import MODELS
     report["gpu"] = torch.cuda.get_device_name()
     report["torch"] = torch.__version__
     print(f"gpu_check on {report['gpu']}", flush=True)
-    report["bit_identical"], report["engines"] = {}, {}
     for arch, k in CHECKS.items():
-        report["bit_identical"][arch] = bit_identity(arch, k)
-        print(f"{arch} K={k}: {report['bit_identical'][arch]}", flush=True)
-        batch_size = bench.SETTINGS[arch][1]
-        batch = (torch.randn(batch_size, *MODELS[arch].input_shape), torch.randint(0, 10, (batch_size,)))
-        result = bench.gpu_bench(arch, k, batch, args.repeats, print)
-        if all("step_s" in result.get(v, {}) for v in ("triton", "official")):
-            result["step_ratio_triton_over_official"] = (result["triton"]["step_s"]["min_s"]
-                                                         / result["official"]["step_s"]["min_s"])
-        report["engines"][arch] = result
-        (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))
-    report["simulation"] = simulation(args.out)
-    print(f"simulation: {report['simulation']['completed']}, accuracy {report['simulation']['final_test_accuracy']}")
-    (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))
+        print(f"{arch} K={k}: {guarded(report, f'bit_identical_{arch}', args.out, bit_identity, arch, k)}", flush=True)
+        guarded(report, f"engines_{arch}", args.out, engines, arch, k, args.repeats)
+    sim = guarded(report, "simulation", args.out, simulation, args.out)
+    print(f"simulation: {sim.get('completed')}, accuracy {sim.get('final_test_accuracy')}", flush=True)
     print(f"wrote {args.out / 'gpu_check.json'}")
-    ok = all(r["identical"] for r in report["bit_identical"].values()) and report["simulation"]["completed"]
+    ok = all(report[f"bit_identical_{a}"].get("identical") for a in CHECKS) and sim.get("completed")
     return 0 if ok else 1
 
 
