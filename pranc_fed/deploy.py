@@ -41,7 +41,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from .runner import APP_DIR, BIN_DIR, FlowerRun, free_port, run_config_for, show_progress, terminate_as_interrupt
+from .runner import (APP_DIR, BIN_DIR, FlowerRun, command_line, descendants, free_port, kill_tree, run_config_for,
+                     show_progress, terminate, terminate_as_interrupt)
 
 CERT_NAMES = ("ca.crt", "server.pem", "server.key")
 
@@ -139,6 +140,8 @@ class Deployment(FlowerRun):
         super().__init__(out / "logs", tls_root_cert=self.certs.ca.resolve() if self.certs else None)
         self.auth = auth
         self.nodes: dict[str, subprocess.Popen] = {}
+        self.node_configs: dict[str, str] = {}  # what a restarted node is started with again
+        self.node_keys: dict[str, Path] = {}
 
     def start(self, nodes: int, node_config: dict[int, str] | None = None) -> None:
         """SuperLink, then `nodes` SuperNodes with partitions 0..nodes-1 (plus node_config[i], if any);
@@ -177,6 +180,9 @@ class Deployment(FlowerRun):
             args += ["--auth-supernode-private-key", str(key)]
         home = self.home / name
         home.mkdir(exist_ok=True)
+        self.node_configs[name] = node_config
+        if key is not None:
+            self.node_keys[name] = key
         self.nodes[name] = self.spawn(name, args, env={"FLWR_HOME": str(home)})
         return self.nodes[name]
 
@@ -222,6 +228,48 @@ class Deployment(FlowerRun):
                                    f"see the node logs in {self.log_dir}")
             time.sleep(0.3)
 
+    def wait(self, run_id: int, **kwargs) -> str:
+        """FlowerRun.wait, then free the nodes the finished run left busy (see release_stuck_nodes)."""
+        status = super().wait(run_id, **kwargs)
+        if status.startswith("finished"):
+            self.release_stuck_nodes()
+        return status
+
+    def release_stuck_nodes(self, timeout: float = 180) -> list[str]:
+        """Stop the ClientApp processes a finished run left running (a client that hung past the round
+        timeout) and restart their SuperNodes, then wait until the SuperLink lists exactly the live
+        nodes. A SuperNode handles one message at a time and waits for its reply: killing the ClientApp
+        alone left the node silent in the next run (Flower 1.42). Returns the restarted nodes' names."""
+        stuck = {name: pids for name, node in self.nodes.items()
+                 if (pids := [pid for pid in descendants(node.pid)
+                              if any(Path(arg).name == "flwr-clientapp" for arg in command_line(pid)[:2])])}
+        for name, pids in stuck.items():
+            terminate(pids, grace=5)
+            old_id = self.node_id(name)
+            self.kill_node(name)
+            # Else the SuperLink lists the dead node as online until it misses two heartbeats (a minute).
+            self.flwr("supernode", "unregister", old_id, "pranc", "--format", "json", timeout=60)
+            self.start_node(name, self.node_configs[name], key=self.node_keys.get(name))
+        if stuck:
+            print(f"[pranc-fed] stopped the ClientApp the finished run left on {', '.join(stuck)}; "
+                  f"restarted {'that node' if len(stuck) == 1 else 'those nodes'}", flush=True)
+            self._wait_for_exactly_the_live_nodes(timeout)
+        return list(stuck)
+
+    def _wait_for_exactly_the_live_nodes(self, timeout: float) -> None:
+        """Until the SuperLink's online nodes are our running nodes."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                live = {self.node_id(name) for name, node in self.nodes.items() if node.poll() is None}
+            except RuntimeError:  # a restarted node has not logged its id yet
+                live = None
+            if live is not None and {str(n.get("node-id")) for n in self.online()} == live:
+                return
+            time.sleep(2)
+        raise RuntimeError(f"the SuperLink did not list exactly the {len(self.nodes)} live SuperNodes after "
+                           f"{timeout:.0f}s; see the logs in {self.log_dir}")
+
     def node_id(self, name: str) -> str:
         """The node id the SuperLink gave a SuperNode (from its log), as the ledger and summary show it."""
         match = re.search(r"SuperNode ID: (\d+)", (self.log_dir / f"{name}.log").read_text(errors="replace"))
@@ -231,7 +279,6 @@ class Deployment(FlowerRun):
 
     def kill_node(self, name: str) -> None:
         """Kill a SuperNode and the ClientApp processes it runs, as a crash would (SIGKILL)."""
-        from .runner import kill_tree
         process = self.nodes[name]
         kill_tree(process.pid)
         process.wait(timeout=10)

@@ -177,19 +177,12 @@ class FlowerRun:
         """Terminate everything started and all their descendants (Flower detaches some children
         into sessions of their own, so process groups are not enough), then kill what is left."""
         pids = [p.pid for p in self.processes if p.poll() is None]
-        pids += [d for pid in pids for d in descendants(pid)]
-        for pid in pids:
-            send_signal(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(alive(pid) for pid in pids):
-            for process in self.processes:
-                process.poll()  # reap our own children so they stop counting as alive
-            time.sleep(0.2)
-        for pid in pids:
-            send_signal(pid, signal.SIGKILL)
-        for process in self.processes:
-            process.poll()
+        terminate([*pids, *(d for pid in pids for d in descendants(pid))], reap=self._reap)
         self.processes.clear()
+
+    def _reap(self) -> None:
+        for process in self.processes:
+            process.poll()  # reap our own children so they stop counting as alive
 
 
 def _children_map() -> dict[int, list[int]]:
@@ -228,6 +221,27 @@ def send_signal(pid: int, sig: int) -> None:
         pass
 
 
+def terminate(pids: list[int], grace: float = 10.0, reap=lambda: None) -> None:
+    """SIGTERM, up to `grace` seconds to exit (`reap` collects our own children meanwhile), then SIGKILL."""
+    for pid in pids:
+        send_signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(alive(pid) for pid in pids):
+        reap()
+        time.sleep(0.2)
+    for pid in pids:
+        send_signal(pid, signal.SIGKILL)
+    reap()
+
+
+def command_line(pid: int) -> list[str]:
+    """A process's argv ([] once it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
+    except OSError:
+        return []
+
+
 def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -263,13 +277,32 @@ def show_progress(line: str) -> bool:
     return "[pranc-fed]" in line or "ERROR" in line or "Traceback" in line
 
 
+def check_ray_address(address: str) -> None:
+    """Refuse, before anything starts, a federation.ray_address with no Ray head listening there."""
+    if not address or address == "auto":
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as e:
+        from .config import ConfigError
+        raise ConfigError(f"federation.ray_address {address}: no Ray head answers there ({e.strerror or e}); "
+                          f"start one with `ray start --head --port {port}`, or leave ray_address unset "
+                          f"for a private Ray instance") from None
+
+
 def simulate(config_path: str | Path, overrides: list[str], cfg, out: Path, app: Path = APP_DIR) -> bool:
     """Run the config as a Flower simulation (Ray backend) of this app, or of the app folder `app`
     (another ClientApp with this ServerApp, e.g. simulations/byzantine_client.py); True when the run completed."""
     fed = cfg.federation
     federation = (f"num-supernodes={fed.num_clients} client-resources-num-cpus={fed.num_cpus_per_client:g} "
                   f"client-resources-num-gpus={fed.num_gpus_per_client:g}")
+    check_ray_address(fed.ray_address)
     with terminate_as_interrupt(), FlowerRun(out / "logs") as flower:
+        # Ray's own ray.init() reads RAY_ADDRESS: set from the config, or removed so a stray one is not used.
+        flower.env.pop("RAY_ADDRESS", None)
+        if fed.ray_address:
+            flower.env["RAY_ADDRESS"] = fed.ray_address
         flower.start_superlink(simulation=True)
         run_id = flower.submit(run_config_for(config_path, overrides, out), federation, app)
         print(f"[pranc-fed] simulation run {run_id} submitted; logs in {out / 'logs'}", flush=True)

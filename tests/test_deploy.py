@@ -24,7 +24,9 @@ from pranc_fed.cli import main
 from pranc_fed.config import load_config
 from pranc_fed.deploy import Deployment, collect, deploy
 from pranc_fed.pranc import read_pranc_file
-from pranc_fed.runner import alive, descendants, run_config_for
+
+from .poisoned_client import FORGED_LINE
+from pranc_fed.runner import alive, command_line, descendants, run_config_for
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "mnist_lenet.yaml"
 SMALL = ["pranc.num_coeffs=200", "pranc.layout=per_layer", "data.train_subset=900", "data.test_subset=500",
@@ -36,7 +38,9 @@ RUN_TIMEOUT = 420  # seconds a whole run may take before a test gives up (the ma
 MAX_OVERHEAD_PER_MESSAGE = 4096
 # Node config of the shared federation: only the test-only ClientApp (tests/poisoned_client.py)
 # reads these keys; pranc_fed's own ClientApp ignores them, so with it all three nodes are honest.
-POISON = {0: 'poison="nan,fingerprint"', 1: 'poison="raise"', 2: 'dump-dir="{dumps}"'}
+# Rounds 1-2 are the first poisoned test's, rounds 3-5 the second's.
+POISON = {0: 'poison="nan,fingerprint,metric,byteorder,oversize"', 1: 'poison="raise,raise,inject,none,hang"',
+          2: 'dump-dir="{dumps}"'}
 
 
 def rounds(out: Path) -> list[dict]:
@@ -94,16 +98,26 @@ def test_three_supernodes_complete_and_report_superlink_traffic(federation):
     assert 0 < per["down"] <= MAX_OVERHEAD_PER_MESSAGE and 0 < per["up"] <= MAX_OVERHEAD_PER_MESSAGE, report
 
 
-@pytest.mark.deploy
-def test_poisoned_and_failing_clients_are_dropped_and_leave_the_global_model_alone(federation, tmp_path):
-    deployment, root, dumps = federation
-    # The same ServerApp with the test-only ClientApp, from an app folder of its own.
-    app = tmp_path / "app"
+def poisoned_app(folder: Path) -> Path:
+    """The same ServerApp with the test-only ClientApp, from an app folder of its own."""
+    app = folder / "app"
     app.mkdir()
     shutil.copy(Path(__file__).with_name("poisoned_client.py"), app)
     (app / "pyproject.toml").write_text(POISONED_APP)
+    return app
+
+
+def clientapps(deployment: Deployment) -> list[int]:
+    return [pid for node in deployment.nodes.values() for pid in descendants(node.pid)
+            if any(Path(arg).name == "flwr-clientapp" for arg in command_line(pid)[:2])]
+
+
+@pytest.mark.deploy
+def test_poisoned_and_failing_clients_are_dropped_and_leave_the_global_model_alone(federation, tmp_path):
+    deployment, root, dumps = federation
     out = root / "poisoned"
-    run_id = submit(deployment, [*SMALL, "federation.rounds=2", "federation.min_train_clients=1"], out, app)
+    run_id = submit(deployment, [*SMALL, "federation.rounds=2", "federation.min_train_clients=1"], out,
+                    poisoned_app(tmp_path))
     deployment.stream_logs(run_id, keep=lambda line: False)
     finish(deployment, run_id, out)
     time.sleep(1)  # the log stream's last lines
@@ -118,6 +132,40 @@ def test_poisoned_and_failing_clients_are_dropped_and_leave_the_global_model_alo
     _, tensors = read_pranc_file(out / "model.pranc")
     final, honest = tensors["alpha"].float().numpy(), np.load(dumps / "round-2.npz")["alpha"]
     assert np.all(np.isfinite(final)) and np.allclose(final, honest, atol=1e-6)
+
+
+@pytest.mark.deploy
+def test_no_client_can_crash_forge_or_stall_the_run_in_real_processes(federation, tmp_path):
+    """Rounds 3-5 of the poisoned nodes: a list for a metric, a forged progress line in an error,
+    big-endian alpha, a 4 MB extra array and a client that never replies. Each costs only its own
+    reply; the hung ClientApp is stopped when the run ends and its node restarted, free for the next run
+    (the test after this one needs all three nodes)."""
+    deployment, root, dumps = federation
+    out = root / "attacks"
+    timeout = 60
+    overrides = [*SMALL, "federation.rounds=5", "federation.min_train_clients=1", "federation.norm_bound=drop",
+                 f"federation.round_timeout={timeout}"]
+    node = {i: deployment.node_id(f"node-{i}") for i in range(3)}
+    run_id = submit(deployment, overrides, out, poisoned_app(tmp_path))
+    deployment.stream_logs(run_id, keep=lambda line: False)
+    finish(deployment, run_id, out)  # and restarts the node whose ClientApp hung
+    time.sleep(1)  # the log stream's last lines
+
+    result = replies(out)
+    assert [(r["sampled"], r["received"]) for r in result] == [(3, 1), (3, 1), (3, 1), (3, 2), (3, 1)], result
+    assert sorted(result[3]["dropped"]) == [node[0]] and sorted(result[4]["dropped"]) == sorted([node[0], node[1]])
+    metric, injected = result[2]["dropped"][node[0]], result[2]["dropped"][node[1]]
+    assert "train-loss" in metric and "not a finite number" in metric, metric
+    assert "client error" in injected and "\n" not in injected, injected
+    assert "about 4," in result[4]["dropped"][node[0]] and "no reply within" in result[4]["dropped"][node[1]]
+    forged = [line for line in (deployment.log_dir / "run.log").read_text().splitlines()
+              if line.lstrip().startswith(FORGED_LINE[:24])]
+    assert not forged, forged
+    # Round 5 aggregated the honest node's reply alone (server_lr 1): the global alpha is its alpha.
+    _, tensors = read_pranc_file(out / "model.pranc")
+    assert np.allclose(tensors["alpha"].float().numpy(), np.load(dumps / "round-5.npz")["alpha"], atol=1e-6)
+    assert not clientapps(deployment), "the hung ClientApp outlived its run"
+    assert deployment.node_id("node-1") != node[1] and deployment.node_id("node-0") == node[0]
 
 
 @pytest.mark.deploy
