@@ -61,6 +61,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from .runner import simulate
     from .training import preflight
+    if args.ray_address:
+        args.overrides = [*args.overrides, f"federation.ray_address={args.ray_address}"]
     cfg, out = _load(args)
     preflight(cfg)
     _check_resume(cfg, out)
@@ -193,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("simulate", help="run the config as a Flower simulation")
     _config_args(p)
     p.add_argument("--resume", type=Path, metavar="DIR", help=resume_help)
+    p.add_argument("--ray-address", metavar="HOST:PORT", help="run on this existing Ray cluster (`ray start --head` "
+                   "prints it); the same as --set federation.ray_address=HOST:PORT")
     p.set_defaults(run=cmd_simulate)
     p = sub.add_parser("deploy", help="run the config on a local SuperLink and SuperNodes (real processes)")
     _config_args(p)

@@ -125,6 +125,7 @@ class FederationConfig:
     client_eval: bool = _f(False)  # client-side evaluation rounds; they cost bytes, so off by default
     num_cpus_per_client: float = _f(1.0, gt=0)  # Flower simulation client resources
     num_gpus_per_client: float = _f(0.0, ge=0)  # Flower simulation client resources (fractions share a GPU)
+    ray_address: str | None = _f(None, pattern=(r"auto|[\w.\-\[\]:]+:\d+", "HOST:PORT of a running Ray head, or auto"))  # simulations attach to this Ray cluster (null = start a private one; CLI: --ray-address)
     round_timeout: float = _f(600.0, gt=0, le=10**7)  # seconds the server waits for a round's replies
     resume: bool = _f(False)  # continue from the checkpoint in out_dir after its last complete round (CLI: --resume DIR)
     min_aggregated_share: float = _f(0.5, ge=0, le=1)  # a run that aggregates fewer of its rounds fails (non-zero exit)
