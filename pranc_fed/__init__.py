@@ -14,6 +14,16 @@ def cache_root() -> Path:
     return Path(os.environ.get("PRANC_FED_CACHE") or Path.home() / ".cache" / "pranc-fed").expanduser()
 
 
+def quoted(value: object, head: int = 120, tail: int = 380) -> str:
+    """A value from outside (a client's reply, a file's header) for a message or a log: repr-escaped
+    (no raw newlines or control characters to forge log lines with), and cut to its start and its
+    end (where a traceback says what went wrong) when longer than head + tail characters."""
+    text = repr(value)
+    if len(text) <= head + tail:
+        return text
+    return f"{text[:head]} ...[{len(text) - head - tail} characters]... {text[len(text) - tail:]}"
+
+
 def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Write through a private temporary file in the same folder, then rename it over path: a reader,
     a process racing to write the same file, or a run killed halfway sees the old file or the new one,

@@ -23,6 +23,7 @@ import hashlib
 import inspect
 import json
 import struct
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from . import quoted
 from .basis import LAYOUTS, SPEC_VERSION, Basis, Fingerprint, expand_differentiable, period_seed
 from .models import build_model
 
@@ -260,6 +262,7 @@ def read_pranc_file(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.T
 MAX_NUM_COEFFS, MAX_PERIODS, MAX_DIM, MAX_TENSORS = 10**8, 10**6, 10**10, 10_000
 MAX_MODEL_ARG, MAX_TEXT = 2**16, 1000
 _MODEL_ARGS = tuple(name for name in inspect.signature(build_model).parameters if name != "arch")
+_short = partial(quoted, head=60, tail=20)  # a header value in an error message: about a line of it
 
 
 def _is_int(value: Any, low: int = 0, high: int = 2**64 - 1) -> bool:
@@ -322,8 +325,3 @@ def _preprocessing_ok(prep: Any) -> bool:
     return (isinstance(shape, list) and len(shape) == 3 and all(_is_int(x, 1, MAX_MODEL_ARG) for x in shape)
             and finite(mean) and finite(std) and len(mean) == len(std) == shape[0] and all(x > 0 for x in std)
             and isinstance(names, list) and len(names) <= MAX_MODEL_ARG and all(isinstance(n, str) for n in names))
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:60] + f"... ({len(text)} characters)"
