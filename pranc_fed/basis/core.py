@@ -11,12 +11,12 @@ import re
 import shutil
 import warnings
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 import numpy as np
 import torch
 
-from .. import cache_root
+from .. import atomic_write, cache_root, temporary_files
 from torch import nn
 
 from .generator import _STREAM_BASIS, _STREAM_THETA0, SPEC_VERSION, _fill_values, _unit_block_torch
@@ -187,7 +187,7 @@ class Basis:
         with open(path.with_name(path.name + ".lock"), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)   # a second process waits here, then finds the file
             try:
-                for stale in path.parent.glob(path.name + ".tmp.*"):   # left by a writer that was killed
+                for stale in temporary_files(path):   # no writer runs under the lock: a killed one's
                     stale.unlink(missing_ok=True)
                 if self._valid_cache_file(path):
                     self.cache_source = "disk-hit"
@@ -239,26 +239,20 @@ class Basis:
         if free < size + (256 << 20):
             raise OSError(f"the basis cache needs {size / 2**20:.0f} MB but {path.parent} has {free / 2**20:.0f} MB "
                           "free; set PRANC_FED_CACHE to a larger disk or use cache: memory / none")
-        tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
         header = json.dumps(self._cache_header()).encode()
-        try:
-            with open(tmp, "wb") as f:
-                f.write(header.ljust(_CACHE_HEADER, b"\0"))
-                for b in self.blocks:
-                    step = max(4, (64 << 20) // (4 * (b.col1 - b.col0)) // 4 * 4)
-                    for r0 in range(b.row0, b.row1, step):
-                        values = self._values(_STREAM_BASIS, r0, min(b.row1, r0 + step), b.col0, b.col1)
-                        values = values.to(self.cache_dtype).cpu()
-                        if values.element_size() == 2:
-                            values = values.view(torch.int16)
-                        f.write(values.numpy().tobytes())
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o444)
-            os.replace(tmp, path)           # atomic: readers see the old state or the whole file
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+
+        def write(f: BinaryIO) -> None:
+            f.write(header.ljust(_CACHE_HEADER, b"\0"))
+            for b in self.blocks:
+                step = max(4, (64 << 20) // (4 * (b.col1 - b.col0)) // 4 * 4)
+                for r0 in range(b.row0, b.row1, step):
+                    values = self._values(_STREAM_BASIS, r0, min(b.row1, r0 + step), b.col0, b.col1)
+                    values = values.to(self.cache_dtype).cpu()
+                    if values.element_size() == 2:
+                        values = values.view(torch.int16)
+                    f.write(values.numpy().tobytes())
+
+        atomic_write(path, write, mode=0o444)   # read-only: every process maps it
 
     # -- streaming, products
 
