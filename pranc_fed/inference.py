@@ -49,7 +49,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .basis import (_STREAM_THETA0, Basis, Fingerprint, FingerprintMismatch, Segment, covered_segments,
+from .basis import (STREAM_THETA0, Fingerprint, FingerprintMismatch, Segment, basis_fingerprint, covered_segments,
                     make_blocks, period_seed, unit_block)
 from .data import IMAGE_EXTENSIONS, DatasetError, Preprocessing, TensorImageDataset, make_loader, subset
 from .pranc import FILE_FORMAT, PrancFileError, PrancModel, read_pranc_file
@@ -105,41 +105,28 @@ def _row_bounds(segments: Sequence[Segment], row0: int, row1: int, device: torch
     return out
 
 
-class _StreamingBasis(Basis):
-    """The basis' metadata and fingerprint without any d-sized vector (theta0, bounds, scales).
+class _StreamingBasis:
+    """A basis' fingerprint and theta rows, generated a layer at a time with nothing d-sized held.
 
-    ``Basis.__init__`` allocates theta0 and per-row scales for all d rows; on-the-fly inference
-    must not, so this class skips it: values come from the public ``unit_block`` times the
-    layer's bound (the spec's float32(b_i * u): u is exact in float32, so one float32 multiply
-    rounds the exact product once, as Basis does), theta0 is generated only for the rows the
-    fingerprint reads, and everything else is generated per layer (``layer_theta``). It reuses
-    ``Basis._fingerprint`` and must give the same fingerprint (tested).
+    ``Basis`` allocates theta0 and per-row scales for all d rows; on-the-fly inference must not.
+    Values come from the public ``unit_block`` times the layer's bound (the spec's float32(b_i * u):
+    u is exact in float32, so one float32 multiply rounds the exact product once, as Basis does), so
+    the fingerprint (``basis_fingerprint``, as Basis computes it) matches Basis' bit for bit (tested).
     """
 
-    _FINGERPRINT_ROWS = 64  # Basis._fingerprint reads theta0[:64] and B[:64, :8] of the first block
-
     def __init__(self, segments: list[Segment], num_coeffs: int, seed: int, arch: str, layout: str = "global",
-                 device: torch.device | str = "cpu"):  # no super().__init__ on purpose (see above)
+                 device: torch.device | str = "cpu"):
         if num_coeffs < 1:
             raise ValueError(f"num_coeffs must be >= 1, got {num_coeffs}")
-        self.segments, self.num_coeffs, self.seed, self.arch, self.layout = segments, num_coeffs, seed, arch, layout
+        self.segments, self.seed, self.device = segments, seed, torch.device(device)
         self.dim = segments[-1].offset + segments[-1].numel
         self.blocks = make_blocks(segments, num_coeffs, layout)
-        self.device = torch.device(device)
-        self._cached = None
-        self.theta0 = self._values(_STREAM_THETA0, 0, min(self.dim, self._FINGERPRINT_ROWS), 0, 1)[:, 0]
-        self.fingerprint = self._fingerprint()
-        del self.theta0  # nothing d-sized is kept
+        self.fingerprint = basis_fingerprint(segments, num_coeffs, seed, arch, layout, self._values)
 
     def _values(self, stream: int, row0: int, row1: int, col0: int, col1: int) -> torch.Tensor:
         """float32(b_i * u) for rows [row0, row1) x cols [col0, col1)."""
         u = unit_block(self.seed, row0, row1, col0, col1, self.device, stream)
         return u.mul_(_row_bounds(self.segments, row0, row1, self.device)[:, None])
-
-    def _whole_theta(self, *args: Any) -> torch.Tensor:
-        raise NotImplementedError("a streaming basis generates one layer at a time: use layer_theta")
-
-    expand = project = matrix = chunks = _whole_theta
 
     @torch.no_grad()
     def layer_theta(self, alpha: torch.Tensor, row0: int, row1: int, chunk_bytes: int) -> torch.Tensor:
@@ -149,7 +136,7 @@ class _StreamingBasis(Basis):
         so only the float32 summation order of the matrix-vector product can differ).
         """
         bounds = _row_bounds(self.segments, row0, row1, self.device)
-        theta = unit_block(self.seed, row0, row1, 0, 1, self.device, _STREAM_THETA0)[:, 0].mul_(bounds)
+        theta = unit_block(self.seed, row0, row1, 0, 1, self.device, STREAM_THETA0)[:, 0].mul_(bounds)
         for block in self.blocks:
             a, b = max(row0, block.row0), min(row1, block.row1)
             if a >= b:
