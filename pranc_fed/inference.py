@@ -17,12 +17,16 @@ Python API::
 
     import torch
     from pranc_fed.inference import load_model, read_preprocessing, predict_images, inspect_model
+    from pranc_fed.pranc import read_pranc_file
 
     net = load_model("model.pranc")                    # nn.Module in eval mode, weights written
     lite = load_model("model.pranc", on_the_fly=True)  # OnTheFlyModel, same logits, ~one layer in memory
     with torch.inference_mode():
         logits = net(torch.randn(8, 1, 28, 28))
-    prep = read_preprocessing("model.pranc")           # data.Preprocessing the model was trained with
+    file = read_pranc_file("model.pranc")              # PrancFile: header and tensors, verified once
+    net = load_model(file)                             # not read again (loaders take a path or a PrancFile)
+    print(file.arch, file.fingerprint, file.metadata)
+    prep = read_preprocessing(file)                    # data.Preprocessing the model was trained with
     for p in predict_images(net, prep, ["digit.png", "more_digits/"], top_k=3):
         print(p.path, p.top)                           # [(class name, index, probability), ...]
     print(inspect_model("model.pranc"))                 # what the file holds, as a dict
@@ -49,10 +53,10 @@ from PIL import Image, UnidentifiedImageError
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .basis import (_STREAM_THETA0, Basis, Fingerprint, FingerprintMismatch, Segment, covered_segments,
+from .basis import (STREAM_THETA0, Fingerprint, FingerprintMismatch, Segment, basis_fingerprint, covered_segments,
                     make_blocks, period_seed, unit_block)
 from .data import IMAGE_EXTENSIONS, DatasetError, Preprocessing, TensorImageDataset, make_loader, subset
-from .pranc import FILE_FORMAT, PrancFileError, PrancModel, read_pranc_file
+from .pranc import FILE_FORMAT, PrancFile, PrancFileError, PrancModel, as_pranc_file, read_pranc_file
 
 __all__ = ["ImageInputError", "OnTheFlyModel", "Prediction", "evaluate_model", "inspect_model", "load_model",
            "predict_images", "read_preprocessing", "collect_images", "format_inspection"]
@@ -84,15 +88,15 @@ class _SkipInitOnMeta(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-def build_module(header: dict[str, Any], path: str | Path, device: torch.device | str = "cpu") -> nn.Module:
+def build_module(file: PrancFile, device: torch.device | str = "cpu") -> nn.Module:
     """The file's architecture from the registry, with its model_args (meta device allowed)."""
     from .models import build_model
     try:
         with torch.device(device), _SkipInitOnMeta():
-            return build_model(header["arch"], **header.get("model_args", {}))
+            return build_model(file.arch, **file.model_args)
     except (ValueError, TypeError) as e:
-        raise PrancFileError(f"{path}: cannot build its architecture {header['arch']!r} with model_args "
-                             f"{header.get('model_args')}: {e}; pass module= for a model outside the registry") from None
+        raise PrancFileError(f"{file.path}: cannot build its architecture {file.arch!r} with model_args "
+                             f"{file.model_args}: {e}; pass module= for a model outside the registry") from None
 
 
 def _row_bounds(segments: Sequence[Segment], row0: int, row1: int, device: torch.device) -> torch.Tensor:
@@ -105,41 +109,28 @@ def _row_bounds(segments: Sequence[Segment], row0: int, row1: int, device: torch
     return out
 
 
-class _StreamingBasis(Basis):
-    """The basis' metadata and fingerprint without any d-sized vector (theta0, bounds, scales).
+class _StreamingBasis:
+    """A basis' fingerprint and theta rows, generated a layer at a time with nothing d-sized held.
 
-    ``Basis.__init__`` allocates theta0 and per-row scales for all d rows; on-the-fly inference
-    must not, so this class skips it: values come from the public ``unit_block`` times the
-    layer's bound (the spec's float32(b_i * u): u is exact in float32, so one float32 multiply
-    rounds the exact product once, as Basis does), theta0 is generated only for the rows the
-    fingerprint reads, and everything else is generated per layer (``layer_theta``). It reuses
-    ``Basis._fingerprint`` and must give the same fingerprint (tested).
+    ``Basis`` allocates theta0 and per-row scales for all d rows; on-the-fly inference must not.
+    Values come from the public ``unit_block`` times the layer's bound (the spec's float32(b_i * u):
+    u is exact in float32, so one float32 multiply rounds the exact product once, as Basis does), so
+    the fingerprint (``basis_fingerprint``, as Basis computes it) matches Basis' bit for bit (tested).
     """
 
-    _FINGERPRINT_ROWS = 64  # Basis._fingerprint reads theta0[:64] and B[:64, :8] of the first block
-
     def __init__(self, segments: list[Segment], num_coeffs: int, seed: int, arch: str, layout: str = "global",
-                 device: torch.device | str = "cpu"):  # no super().__init__ on purpose (see above)
+                 device: torch.device | str = "cpu"):
         if num_coeffs < 1:
             raise ValueError(f"num_coeffs must be >= 1, got {num_coeffs}")
-        self.segments, self.num_coeffs, self.seed, self.arch, self.layout = segments, num_coeffs, seed, arch, layout
+        self.segments, self.seed, self.device = segments, seed, torch.device(device)
         self.dim = segments[-1].offset + segments[-1].numel
         self.blocks = make_blocks(segments, num_coeffs, layout)
-        self.device = torch.device(device)
-        self._cached = None
-        self.theta0 = self._values(_STREAM_THETA0, 0, min(self.dim, self._FINGERPRINT_ROWS), 0, 1)[:, 0]
-        self.fingerprint = self._fingerprint()
-        del self.theta0  # nothing d-sized is kept
+        self.fingerprint = basis_fingerprint(segments, num_coeffs, seed, arch, layout, self._values)
 
     def _values(self, stream: int, row0: int, row1: int, col0: int, col1: int) -> torch.Tensor:
         """float32(b_i * u) for rows [row0, row1) x cols [col0, col1)."""
         u = unit_block(self.seed, row0, row1, col0, col1, self.device, stream)
         return u.mul_(_row_bounds(self.segments, row0, row1, self.device)[:, None])
-
-    def _whole_theta(self, *args: Any) -> torch.Tensor:
-        raise NotImplementedError("a streaming basis generates one layer at a time: use layer_theta")
-
-    expand = project = matrix = chunks = _whole_theta
 
     @torch.no_grad()
     def layer_theta(self, alpha: torch.Tensor, row0: int, row1: int, chunk_bytes: int) -> torch.Tensor:
@@ -149,7 +140,7 @@ class _StreamingBasis(Basis):
         so only the float32 summation order of the matrix-vector product can differ).
         """
         bounds = _row_bounds(self.segments, row0, row1, self.device)
-        theta = unit_block(self.seed, row0, row1, 0, 1, self.device, _STREAM_THETA0)[:, 0].mul_(bounds)
+        theta = unit_block(self.seed, row0, row1, 0, 1, self.device, STREAM_THETA0)[:, 0].mul_(bounds)
         for block in self.blocks:
             a, b = max(row0, block.row0), min(row1, block.row1)
             if a >= b:
@@ -228,28 +219,27 @@ class OnTheFlyModel(nn.Module):
             raise ValueError(f"local state does not fit the module: {e}") from None
 
     @classmethod
-    def from_file(cls, path: str | Path, module: nn.Module | None = None, expect: Any = None,
+    def from_file(cls, source: str | Path | PrancFile, module: nn.Module | None = None, expect: Any = None,
                   chunk_mb: float = DEFAULT_CHUNK_MB, device: torch.device | str = "cpu") -> "OnTheFlyModel":
-        """Open a .pranc file without ever reconstructing the whole model."""
-        header, tensors = read_pranc_file(path)
-        if "history" in tensors:
-            raise PrancFileError(f"{path} was trained in {header['periods']} re-seeded periods, which on-the-fly "
+        """Open a .pranc file (a path or a read PrancFile) without ever reconstructing the whole model."""
+        file = as_pranc_file(source)
+        if file.history is not None:
+            raise PrancFileError(f"{file.path} was trained in {file.periods} re-seeded periods, which on-the-fly "
                                  "inference does not replay; evaluate it without --on-the-fly")
         if module is None:
-            module = build_module(header, path, "meta")  # no dense weights are ever allocated
-        alpha = tensors.pop("alpha")
+            module = build_module(file, "meta")  # no dense weights are ever allocated
         try:
-            model = cls(module, alpha, header["seed"], header["arch"], header["layout"], None, chunk_mb, device)
-            model.basis.fingerprint.check(header["fingerprint"], what=f"{path} holds")  # before the local state
+            # a copy: on the CPU the buffer would otherwise share the file's alpha
+            model = cls(module, file.alpha.clone(), file.seed, file.arch, file.layout, None, chunk_mb, device)
+            model.basis.fingerprint.check(file.fingerprint, what=f"{file.path} holds")  # before the local state
             if expect is not None:
                 (Fingerprint.parse(expect) if isinstance(expect, str) else expect).check(
-                    model.basis.fingerprint, f"{path} holds")
-            model.load_local_state(tensors)
+                    model.basis.fingerprint, f"{file.path} holds")
+            model.load_local_state(file.local_state)
         except FingerprintMismatch:
             raise
         except ValueError as e:
-            raise PrancFileError(f"{path} does not fit architecture {header['arch']!r}: {e}") from None
-        model.header = header
+            raise PrancFileError(f"{file.path} does not fit architecture {file.arch!r}: {e}") from None
         return model
 
     @property
@@ -292,45 +282,42 @@ class OnTheFlyModel(nn.Module):
 # ------------------------------------------------------------------------------ loading
 
 
-def load_model(path: str | Path, on_the_fly: bool = False, device: torch.device | str = "cpu",
+def load_model(source: str | Path | PrancFile, on_the_fly: bool = False, device: torch.device | str = "cpu",
                module: nn.Module | None = None, expect: Any = None, budget_mb: float = 64.0,
                cache: str = "none", chunk_mb: float = DEFAULT_CHUNK_MB) -> nn.Module:
-    """A .pranc file as an nn.Module in eval mode, ready for inference.
+    """A .pranc file (its path, or the PrancFile ``read_pranc_file`` returned) as an nn.Module in eval
+    mode, ready for inference.
 
     on_the_fly=False: the registry architecture (or ``module``) with theta0 + B @ alpha written into
     it (expanded once, streaming the basis in chunks of ``budget_mb``; ``cache="auto"`` keeps the
     basis in memory when it fits, which only pays off if you expand again). on_the_fly=True: an
     ``OnTheFlyModel`` (see the module docstring), chunks of ``chunk_mb``. ``expect`` (a fingerprint)
-    rejects a file made with another seed, K, layout or architecture. The result has the file's
-    header as ``.pranc_header``.
+    rejects a file made with another seed, K, layout or architecture. For the file's header as well,
+    read it first: ``file = read_pranc_file(path); net = load_model(file)``; the file is read once.
     """
+    file = as_pranc_file(source)
     if on_the_fly:
-        net = OnTheFlyModel.from_file(path, module, expect, chunk_mb, device)
-        header = net.header
+        net = OnTheFlyModel.from_file(file, module, expect, chunk_mb, device)
     else:
-        header, _ = read_pranc_file(path)
         if module is None:
-            module = build_module(header, path)
+            module = build_module(file)
         try:
-            pranc = PrancModel.load(path, module=module, expect=expect, device=device, budget_mb=budget_mb,
+            pranc = PrancModel.load(file, module=module, expect=expect, device=device, budget_mb=budget_mb,
                                     cache=cache)
         except (PrancFileError, FingerprintMismatch):
             raise
         except ValueError as e:  # local state that does not fit the architecture
-            raise PrancFileError(f"{path} does not fit architecture {header['arch']!r}: {e}") from None
+            raise PrancFileError(f"{file.path} does not fit architecture {file.arch!r}: {e}") from None
         net = pranc.materialize()
         for p in net.parameters():
             p.requires_grad_(True)  # a plain module again (PrancModel froze the covered weights)
         del pranc
-    net.eval()
-    net.pranc_header = header
-    return net
+    return net.eval()
 
 
-def read_preprocessing(path_or_header: str | Path | dict[str, Any]) -> Preprocessing | None:
-    """The preprocessing recorded in a .pranc file (None when the file records none)."""
-    header = path_or_header if isinstance(path_or_header, dict) else read_pranc_file(path_or_header)[0]
-    prep = header.get("preprocessing")
+def read_preprocessing(source: str | Path | PrancFile) -> Preprocessing | None:
+    """The preprocessing recorded in a .pranc file, a path or a read PrancFile (None when it records none)."""
+    prep = as_pranc_file(source).preprocessing
     if not prep:
         return None
     try:
@@ -350,43 +337,38 @@ def _dense_state_dict_bytes(module: nn.Module) -> int:
     return sink.tell()
 
 
-def inspect_model(path: str | Path) -> dict[str, Any]:
-    """What a .pranc file holds; verifies its checksum and regenerates the basis fingerprint.
+def inspect_model(source: str | Path | PrancFile) -> dict[str, Any]:
+    """What a .pranc file (a path or a read PrancFile) holds; regenerates the basis fingerprint.
 
     Raises PrancFileError (truncated, corrupted, unknown architecture) or FingerprintMismatch.
     """
-    path = Path(path)
-    header, tensors = read_pranc_file(path)  # verifies the sha256 checksum
-    module = build_module(header, path, "meta")
+    file = as_pranc_file(source)  # reading verifies the sha256 checksum
+    module = build_module(file, "meta")
     segments = covered_segments(module)
-    periods = header.get("periods", 0)
-    basis = _StreamingBasis(segments, header["num_coeffs"], period_seed(header["seed"], periods), header["arch"],
-                            header["layout"])
-    basis.fingerprint.check(header["fingerprint"], what=f"{path} holds")
-    alpha = tensors.pop("alpha")
-    history = tensors.pop("history", None)
+    basis = _StreamingBasis(segments, file.num_coeffs, period_seed(file.seed, file.periods), file.arch, file.layout)
+    basis.fingerprint.check(file.fingerprint, what=f"{file.path} holds")
+    alpha, history, local = file.alpha, file.history, file.local_state
     covered_names = {s.name for s in segments}
     expected_local = {n for n in module.state_dict() if n not in covered_names}
-    if set(tensors) != expected_local:
-        raise PrancFileError(f"{path}: its local state does not fit architecture {header['arch']!r} "
-                             f"(missing {sorted(expected_local - set(tensors))}, "
-                             f"unexpected {sorted(set(tensors) - expected_local)})")
-    local_values = sum(t.numel() for t in tensors.values() if t.is_floating_point())
-    file_bytes = path.stat().st_size
+    if set(local) != expected_local:
+        raise PrancFileError(f"{file.path}: its local state does not fit architecture {file.arch!r} "
+                             f"(missing {sorted(expected_local - set(local))}, "
+                             f"unexpected {sorted(set(local) - expected_local)})")
+    local_values = sum(t.numel() for t in local.values() if t.is_floating_point())
     dense = _dense_state_dict_bytes(module)
     return {
-        "path": str(path), "file_bytes": file_bytes, "checksum": "ok", "file_format": FILE_FORMAT,
-        "spec": header["spec"], "arch": header["arch"], "model_args": header.get("model_args", {}),
-        "seed": header["seed"], "periods": periods,
+        "path": str(file.path), "file_bytes": file.nbytes, "checksum": "ok", "file_format": FILE_FORMAT,
+        "spec": file.spec, "arch": file.arch, "model_args": file.model_args,
+        "seed": file.seed, "periods": file.periods,
         "history_bytes": 0 if history is None else history.numel() * 4,
-        "num_coeffs": header["num_coeffs"], "layout": header["layout"],
-        "fingerprint": header["fingerprint"], "fingerprint_verified": True,
+        "num_coeffs": file.num_coeffs, "layout": file.layout,
+        "fingerprint": file.fingerprint, "fingerprint_verified": True,
         "alpha_dtype": str(alpha.dtype).removeprefix("torch."), "alpha_bytes": alpha.numel() * alpha.element_size(),
-        "local_tensors": len(tensors), "local_values": local_values,
-        "local_bytes": sum(t.numel() * t.element_size() for t in tensors.values()),
+        "local_tensors": len(local), "local_values": local_values,
+        "local_bytes": sum(t.numel() * t.element_size() for t in local.values()),
         "covered_params": basis.dim, "total_params": basis.dim + local_values,
-        "dense_state_dict_bytes": dense, "dense_over_file": dense / file_bytes,
-        "preprocessing": header.get("preprocessing"), "metadata": header.get("metadata", {}),
+        "dense_state_dict_bytes": dense, "dense_over_file": dense / file.nbytes,
+        "preprocessing": file.preprocessing, "metadata": file.metadata,
     }
 
 
@@ -468,18 +450,18 @@ def evaluate_file(path: str | Path, data: str, split: str = "test", on_the_fly: 
     from .data import load_dataset
     if split not in ("test", "train"):
         raise DatasetError(f"split must be test or train, got {split!r}")
-    header, _ = read_pranc_file(path)
+    file = read_pranc_file(path)
     bundle = load_dataset(data)
     rows = bundle.test if split == "test" else bundle.train
     if limit is not None:
         rows = subset(rows, limit, seed)
-    prep = read_preprocessing(header)
-    rows = dataset_for_model(rows, prep, header.get("model_args", {}).get("num_classes"), f"{data} ({split})")
+    prep = read_preprocessing(file)
+    rows = dataset_for_model(rows, prep, file.model_args.get("num_classes"), f"{data} ({split})")
     if prep is not None and tuple(prep.class_names) != tuple(bundle.preprocessing.class_names):
         print("note: the dataset's class names differ from the model's; labels are compared by index",
               file=sys.stderr)
     started = time.perf_counter()
-    net = load_model(path, on_the_fly=on_the_fly, device=device, **load_kwargs)
+    net = load_model(file, on_the_fly=on_the_fly, device=device, **load_kwargs)
     loaded = time.perf_counter()
     result = evaluate_model(net, rows, batch_size, device, progress)
     return {**result, "model": str(path), "data": bundle.source, "split": split,
@@ -545,10 +527,11 @@ def predict_images(net: nn.Module, prep: Preprocessing, paths: Iterable[str | Pa
 def predict_file(path: str | Path, images: Sequence[str | Path], top_k: int = 3, on_the_fly: bool = False,
                  batch_size: int = 256, device: torch.device | str = "cpu", **load_kwargs: Any) -> list[Prediction]:
     """`pranc-fed predict`: images are prepared with the preprocessing recorded in the file."""
-    prep = read_preprocessing(path)
+    file = read_pranc_file(path)
+    prep = read_preprocessing(file)
     if prep is None:
         raise PrancFileError(f"{path} records no preprocessing (it was saved without preprocessing=...), "
                              "so its input size and normalisation are unknown; re-save it with them")
     collect_images(images)  # a missing path fails before the model is rebuilt
-    net = load_model(path, on_the_fly=on_the_fly, device=device, **load_kwargs)
+    net = load_model(file, on_the_fly=on_the_fly, device=device, **load_kwargs)
     return predict_images(net, prep, images, top_k, batch_size, device)

@@ -15,6 +15,7 @@ arguments, the preprocessing the model was trained with, and the tensors in the 
 little-endian bytes in that order. A model trained in re-seeded periods also holds `periods`
 (n) in the header and a `history` tensor (n x K float32, the folded alphas): its basis is
 period n's (seed `period_seed(seed, n)`, which the fingerprint names) around theta0_n.
+``read_pranc_file`` parses and verifies a file into a PrancFile, which every loader also accepts.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import hashlib
 import inspect
 import json
 import struct
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from . import quoted
 from .basis import LAYOUTS, SPEC_VERSION, Basis, Fingerprint, expand_differentiable, period_seed
 from .models import build_model
 
@@ -162,27 +166,102 @@ class PrancModel(nn.Module):
         return len(blob)
 
     @classmethod
-    def load(cls, path: str | Path, module: nn.Module | None = None, expect: Fingerprint | str | None = None,
-             device: torch.device | str = "cpu", budget_mb: float = 2048, cache: str = "auto") -> "PrancModel":
-        """Rebuild a model from a .pranc file.
+    def load(cls, source: str | Path | PrancFile, module: nn.Module | None = None,
+             expect: Fingerprint | str | None = None, device: torch.device | str = "cpu", budget_mb: float = 2048,
+             cache: str = "auto") -> "PrancModel":
+        """Rebuild a model from a .pranc file: its path, or the PrancFile that read_pranc_file returned
+        (read it first when you also want its header: the file is then parsed and verified once).
 
         Without ``module`` the architecture is built from the registry with the file's model_args.
         ``expect`` (a fingerprint) rejects a file made with another seed, K, layout or architecture.
         """
-        header, tensors = read_pranc_file(path)
+        file = as_pranc_file(source)
         if module is None:
-            module = build_model(header["arch"], **header["model_args"])
-        model = cls(module, header["num_coeffs"], header["seed"], header["arch"], header["layout"],
+            module = build_model(file.arch, **file.model_args)
+        model = cls(module, file.num_coeffs, file.seed, file.arch, file.layout,
                     budget_mb=budget_mb, cache=cache, device=device)
-        model.sync_history(tensors.pop("history", torch.zeros(0, header["num_coeffs"])).numpy())
-        model.fingerprint.check(header["fingerprint"], what=f"{path} holds")
+        if file.history is not None:
+            model.sync_history(file.history.numpy())
+        model.fingerprint.check(file.fingerprint, what=f"{file.path} holds")
         if expect is not None:
-            (Fingerprint.parse(expect) if isinstance(expect, str) else expect).check(model.fingerprint, f"{path} holds")
+            (Fingerprint.parse(expect) if isinstance(expect, str) else expect).check(model.fingerprint, f"{file.path} holds")
         with torch.no_grad():
-            model.alpha.copy_(tensors.pop("alpha").float())
-        model.load_local_state({n: t.to(device) for n, t in tensors.items()})
-        model.header = header
+            model.alpha.copy_(file.alpha.float())
+        model.load_local_state({n: t.to(device) for n, t in file.local_state.items()})
         return model
+
+
+@dataclass(frozen=True, eq=False)
+class PrancFile:
+    """A .pranc file as read_pranc_file parsed and verified it (checksum, header fields, tensors).
+
+    Every loader (``PrancModel.load``, ``inference.load_model``, ``OnTheFlyModel.from_file``,
+    ``inference.inspect_model``) takes one in place of a path::
+
+        file = read_pranc_file("model.pranc")
+        net = load_model(file)                  # not read again
+        print(file.fingerprint, file.preprocessing, file.header["metadata"])
+    """
+    path: Path
+    header: dict[str, Any] = field(repr=False)           # the JSON header as written (module docstring)
+    tensors: dict[str, torch.Tensor] = field(repr=False)  # in file order: alpha, the local state, history
+    nbytes: int                                          # the file's size
+
+    @property
+    def arch(self) -> str:
+        return self.header["arch"]
+
+    @property
+    def model_args(self) -> dict[str, int]:
+        return self.header["model_args"]
+
+    @property
+    def spec(self) -> int:
+        return self.header["spec"]
+
+    @property
+    def seed(self) -> int:
+        """The seed of period 0 (the basis in use is period_seed(seed, periods)'s)."""
+        return self.header["seed"]
+
+    @property
+    def periods(self) -> int:
+        return self.header.get("periods", 0)  # files written before re-seeding have none
+
+    @property
+    def num_coeffs(self) -> int:
+        return self.header["num_coeffs"]
+
+    @property
+    def layout(self) -> str:
+        return self.header["layout"]
+
+    @property
+    def fingerprint(self) -> str:
+        """The basis fingerprint the writer recorded; loading checks it against the regenerated one."""
+        return self.header["fingerprint"]
+
+    @property
+    def preprocessing(self) -> dict[str, Any] | None:
+        return self.header.get("preprocessing")
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return self.header["metadata"]
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        return self.tensors["alpha"]
+
+    @property
+    def history(self) -> torch.Tensor | None:
+        """periods x K float32, the folded alphas of the re-seeded periods; None without periods."""
+        return self.tensors.get("history")
+
+    @property
+    def local_state(self) -> dict[str, torch.Tensor]:
+        """Everything the basis does not cover (BatchNorm parameters and statistics), by state_dict name."""
+        return {n: t for n, t in self.tensors.items() if n not in ("alpha", "history")}
 
 
 def _dtype_name(t: torch.Tensor) -> str:
@@ -203,7 +282,7 @@ def write_pranc_bytes(header: dict[str, Any], tensors: dict[str, torch.Tensor]) 
     return body + hashlib.sha256(body).digest()
 
 
-def read_pranc_file(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def read_pranc_file(path: str | Path) -> PrancFile:
     """Parse and verify a .pranc file; every defect is a PrancFileError naming the file."""
     try:
         blob = Path(path).read_bytes()
@@ -253,13 +332,19 @@ def read_pranc_file(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.T
     for name, t in tensors.items():
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise PrancFileError(f"{path}: tensor {name!r} holds NaN or Inf values")
-    return header, tensors
+    return PrancFile(Path(path), header, tensors, len(blob))
+
+
+def as_pranc_file(source: str | Path | PrancFile) -> PrancFile:
+    """What a loader was given: a file already read, or a path to read."""
+    return source if isinstance(source, PrancFile) else read_pranc_file(source)
 
 
 # Limits a real model stays far inside; a header beyond them is refused before anything is allocated.
 MAX_NUM_COEFFS, MAX_PERIODS, MAX_DIM, MAX_TENSORS = 10**8, 10**6, 10**10, 10_000
 MAX_MODEL_ARG, MAX_TEXT = 2**16, 1000
 _MODEL_ARGS = tuple(name for name in inspect.signature(build_model).parameters if name != "arch")
+_short = partial(quoted, head=60, tail=20)  # a header value in an error message: about a line of it
 
 
 def _is_int(value: Any, low: int = 0, high: int = 2**64 - 1) -> bool:
@@ -322,8 +407,3 @@ def _preprocessing_ok(prep: Any) -> bool:
     return (isinstance(shape, list) and len(shape) == 3 and all(_is_int(x, 1, MAX_MODEL_ARG) for x in shape)
             and finite(mean) and finite(std) and len(mean) == len(std) == shape[0] and all(x > 0 for x in std)
             and isinstance(names, list) and len(names) <= MAX_MODEL_ARG and all(isinstance(n, str) for n in names))
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:60] + f"... ({len(text)} characters)"

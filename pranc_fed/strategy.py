@@ -15,7 +15,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Met
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from . import aggregation
+from . import aggregation, quoted
 from .aggregation import ServerOptimizer
 from .config import ExperimentConfig
 from .methods import InvalidReply, Method, State
@@ -25,17 +25,6 @@ log = logging.getLogger("pranc_fed.strategy")
 
 # The metrics a reply may carry, per phase; anything else is dropped with the reply.
 REPLY_METRICS = {"train": ("num-examples", "train-loss"), "evaluate": ("num-examples", "val-loss", "val-accuracy")}
-QUOTE_HEAD, QUOTE_TAIL = 120, 380
-
-
-def quoted(value: object) -> str:
-    """A client-supplied value for logs and summary.json: repr-escaped (no raw newlines or control
-    characters to forge log lines with), and cut to its start and its end (where a traceback says
-    what went wrong) when long."""
-    text = repr(value)
-    if len(text) <= QUOTE_HEAD + QUOTE_TAIL:
-        return text
-    return f"{text[:QUOTE_HEAD]} ...[{len(text) - QUOTE_HEAD - QUOTE_TAIL} characters]... {text[-QUOTE_TAIL:]}"
 
 
 def content_size(content: RecordDict) -> int:

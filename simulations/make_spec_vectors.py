@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pranc_fed.basis import _STREAM_THETA0, Basis, covered_segments, period_seed
+from pranc_fed.basis import STREAM_THETA0, Basis, covered_segments, period_seed
 from pranc_fed.models import build_model
 
 OUT = Path(__file__).resolve().parents[1] / "tests" / "spec_vectors.json"
@@ -48,7 +48,7 @@ def main() -> None:
                     block = next(b for b in basis.blocks if b.row0 <= i < b.row1)
                     v = basis._values(0, i, i + 1, j, j + 1)[0, 0] if block.col0 <= j < block.col1 else 0.0
                     values.append([i, j, bits(v)])
-            theta0 = [[i, bits(basis._values(_STREAM_THETA0, i, i + 1, 0, 1)[0, 0])] for i in rows]
+            theta0 = [[i, bits(basis._values(STREAM_THETA0, i, i + 1, 0, 1)[0, 0])] for i in rows]
             out["cases"].append({"seed": seed, "layout": layout, "num_coeffs": k, "dim": d,
                                  "blocks": [[b.row0, b.row1, b.col0, b.col1] for b in basis.blocks],
                                  "fingerprint": str(basis.fingerprint), "B": values, "theta0": theta0})

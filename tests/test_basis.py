@@ -222,7 +222,8 @@ def test_disk_cache_is_shared_not_regenerated(tmp_path) -> None:
     finally:
         del os.environ["PRANC_FED_CACHE"]
     assert first.cache_source == "disk-written" and first.cache_file.parent == tmp_path / "basis"
-    assert [p.name for p in (tmp_path / "basis").iterdir() if ".tmp." in p.name] == []  # written atomically
+    name = first.cache_file.name   # written atomically: no temporary file is left
+    assert sorted(p.name for p in (tmp_path / "basis").iterdir()) == [name, name + ".lock"]
     assert stat.S_IMODE(first.cache_file.stat().st_mode) == 0o444                   # read-only file
     before = first.cache_file.stat()
     script = textwrap.dedent(f"""

@@ -129,8 +129,7 @@ def test_poisoned_and_failing_clients_are_dropped_and_leave_the_global_model_alo
     assert all("client error" in r and "fails on purpose" in r for r in reasons), reasons
     assert (deployment.log_dir / "run.log").read_text().count("dropped train reply") == 4
     # Only the honest reply counted: with server_lr 1 the global alpha is its round-2 alpha.
-    _, tensors = read_pranc_file(out / "model.pranc")
-    final, honest = tensors["alpha"].float().numpy(), np.load(dumps / "round-2.npz")["alpha"]
+    final, honest = read_pranc_file(out / "model.pranc").alpha.float().numpy(), np.load(dumps / "round-2.npz")["alpha"]
     assert np.all(np.isfinite(final)) and np.allclose(final, honest, atol=1e-6)
 
 

@@ -12,13 +12,13 @@ from pranc_fed.basis import FingerprintMismatch
 from pranc_fed.cli import main
 from pranc_fed.inference import inspect_model, load_model
 from pranc_fed.models import build_model
-from pranc_fed.pranc import MAGIC, PrancFileError, PrancModel, read_pranc_file, write_pranc_bytes
+from pranc_fed.pranc import MAGIC, PrancFile, PrancFileError, PrancModel, read_pranc_file, write_pranc_bytes
 
 NASTY = [None, True, -1, 0, 2**70, 1.5, float("nan"), "", "x" * 5000, [], [[[]]], {}, {"a": 1}, "lenet"]
 
 
 @pytest.fixture(scope="module")
-def valid(tmp_path_factory) -> tuple[dict, dict[str, torch.Tensor]]:
+def valid(tmp_path_factory) -> PrancFile:
     torch.manual_seed(0)
     model = PrancModel(build_model("lenet"), 20, seed=3, arch="lenet")
     with torch.no_grad():
@@ -57,10 +57,9 @@ def refused_or_valid(path) -> None:
 
 
 def test_every_crafted_header_is_refused_cleanly(valid, tmp_path):
-    header, tensors = valid
-    for i, (label, crafted) in enumerate(header_variants(header)):
+    for i, (label, crafted) in enumerate(header_variants(valid.header)):
         path = tmp_path / f"{i}.pranc"
-        path.write_bytes(write_pranc_bytes(crafted, tensors))
+        path.write_bytes(write_pranc_bytes(crafted, valid.tensors))
         try:
             refused_or_valid(path)
         except Exception as e:  # noqa: BLE001 - the test names the variant that escaped
@@ -69,7 +68,7 @@ def test_every_crafted_header_is_refused_cleanly(valid, tmp_path):
 
 def test_random_byte_changes_with_a_recomputed_checksum_are_refused_cleanly(valid, tmp_path):
     import hashlib
-    body = write_pranc_bytes(*valid)[:-32]
+    body = write_pranc_bytes(valid.header, valid.tensors)[:-32]
     rng = np.random.default_rng(0)
     for i in range(300):
         blob = bytearray(body)
@@ -94,10 +93,9 @@ def test_deeply_nested_json_and_a_header_past_the_end_are_refused(valid, tmp_pat
 
 
 def test_a_non_finite_alpha_is_refused(valid, tmp_path, capsys):
-    header, tensors = valid
-    alpha = tensors["alpha"].clone()
+    alpha = valid.alpha.clone()
     alpha[3] = float("nan")
     path = tmp_path / "nan.pranc"
-    path.write_bytes(write_pranc_bytes(header, tensors | {"alpha": alpha}))
+    path.write_bytes(write_pranc_bytes(valid.header, valid.tensors | {"alpha": alpha}))
     assert main(["inspect", str(path)]) == 2
     assert "NaN or Inf" in capsys.readouterr().err

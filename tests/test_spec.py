@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from pranc_fed.basis import _STREAM_THETA0, Basis, Segment, period_seed, unit_block
+from pranc_fed.basis import STREAM_THETA0, Basis, Segment, period_seed, unit_block
 from pranc_fed.models import build_model
 
 VECTORS = json.loads((Path(__file__).with_name("spec_vectors.json")).read_text())
@@ -121,7 +121,7 @@ def test_the_implementation_reproduces_the_vectors(case: dict) -> None:
         block = next(b for b in basis.blocks if b.row0 <= i < b.row1)
         got = basis._values(0, i, i + 1, j, j + 1)[0, 0] if block.col0 <= j < block.col1 else 0.0
         assert bits(got) == want, (i, j)
-    assert [[i, bits(basis._values(_STREAM_THETA0, i, i + 1, 0, 1)[0, 0])] for i, _ in case["theta0"]] == case["theta0"]
+    assert [[i, bits(basis._values(STREAM_THETA0, i, i + 1, 0, 1)[0, 0])] for i, _ in case["theta0"]] == case["theta0"]
 
 
 def test_period_seeds() -> None:

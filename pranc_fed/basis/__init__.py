@@ -87,11 +87,13 @@ Engines, caches and precision (none of them changes the definition above)
 """
 
 from .core import CACHE_DTYPES, CACHES, ENGINES, Basis, expand_differentiable
-from .generator import (_STREAM_BASIS, _STREAM_THETA0, SPEC_VERSION, _fill_values, _fill_values_numpy,
+from .generator import (SPEC_VERSION, STREAM_BASIS, STREAM_THETA0, _fill_values, _fill_values_numpy,
                         _philox_grid, _unit_block_torch, period_seed, philox4x32, uniform_bits_to_unit, unit_block)
-from .layout import LAYOUTS, Block, Fingerprint, FingerprintMismatch, Segment, covered_segments, make_blocks, split_columns
+from .layout import (LAYOUTS, Block, Fingerprint, FingerprintMismatch, Segment, basis_fingerprint, covered_segments,
+                     make_blocks, split_columns)
 
-__all__ = ["CACHES", "CACHE_DTYPES", "ENGINES", "LAYOUTS", "SPEC_VERSION", "Basis", "Block", "Fingerprint",
-           "FingerprintMismatch", "Segment", "covered_segments", "expand_differentiable", "make_blocks",
-           "period_seed", "philox4x32", "split_columns", "uniform_bits_to_unit", "unit_block",
-           "_STREAM_BASIS", "_STREAM_THETA0", "_fill_values", "_fill_values_numpy", "_philox_grid", "_unit_block_torch"]
+__all__ = ["CACHES", "CACHE_DTYPES", "ENGINES", "LAYOUTS", "SPEC_VERSION", "STREAM_BASIS", "STREAM_THETA0", "Basis",
+           "Block", "Fingerprint", "FingerprintMismatch", "Segment", "basis_fingerprint", "covered_segments",
+           "expand_differentiable", "make_blocks", "period_seed", "philox4x32", "split_columns",
+           "uniform_bits_to_unit", "unit_block",
+           "_fill_values", "_fill_values_numpy", "_philox_grid", "_unit_block_torch"]

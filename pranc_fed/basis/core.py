@@ -4,23 +4,22 @@ read-only, memory-mapped file that every process shares) or not at all; expand, 
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import re
 import shutil
 import warnings
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 import numpy as np
 import torch
 
-from .. import cache_root
+from .. import atomic_write, cache_root, temporary_files
 from torch import nn
 
-from .generator import _STREAM_BASIS, _STREAM_THETA0, SPEC_VERSION, _fill_values, _unit_block_torch
-from .layout import Block, Fingerprint, Segment, covered_segments, make_blocks
+from .generator import STREAM_BASIS, STREAM_THETA0, _fill_values, _unit_block_torch
+from .layout import Block, Segment, basis_fingerprint, covered_segments, make_blocks
 from .products import _TILE_ELEMS, addmv, addvm
 
 CACHES = ("auto", "memory", "disk", "none")
@@ -80,12 +79,12 @@ class Basis:
         self.cache_dtype = CACHE_DTYPES[cache_dtype]
         self.bounds = torch.cat([torch.full((s.numel,), s.bound, dtype=torch.float32) for s in segments])
         self.bounds = self.bounds.to(self.device)
-        self.theta0 = self._values(_STREAM_THETA0, 0, self.dim, 0, 1)[:, 0].contiguous()
+        self.theta0 = self._values(STREAM_THETA0, 0, self.dim, 0, 1)[:, 0].contiguous()
         self.engine = self._pick_engine(engine, cache)
         self.cache_source = "none"          # none | memory | disk-hit | disk-written
         self.cache_file: Path | None = None
         self._cached: list[torch.Tensor] | None = None
-        self.fingerprint = self._fingerprint()
+        self.fingerprint = basis_fingerprint(segments, num_coeffs, seed, arch, layout, self._values)
         nbytes = self.nonzeros * self.cache_dtype.itemsize
         fits = nbytes <= self.budget_bytes
         if cache in ("memory", "disk") and not fits:
@@ -137,7 +136,7 @@ class Basis:
                 out: torch.Tensor | None = None) -> torch.Tensor:
         """float32(b_i * u) for rows [row0, row1) x cols [col0, col1) on self.device (CPU: into out if given)."""
         global generated_values
-        if stream == _STREAM_BASIS:
+        if stream == STREAM_BASIS:
             generated_values += (row1 - row0) * (col1 - col0)
         if self.device.type != "cpu":
             u = _unit_block_torch(self.seed, row0, row1, col0, col1, self.device, stream)
@@ -149,7 +148,7 @@ class Basis:
         return out
 
     def _generate(self, block: Block, row0: int, row1: int) -> torch.Tensor:
-        return self._values(_STREAM_BASIS, row0, row1, block.col0, block.col1)
+        return self._values(STREAM_BASIS, row0, row1, block.col0, block.col1)
 
     def _row_step(self, block: Block, bytes_per_value: int = 4) -> int:
         return max(4, (self.budget_bytes // (bytes_per_value * (block.col1 - block.col0))) // 4 * 4)
@@ -187,7 +186,7 @@ class Basis:
         with open(path.with_name(path.name + ".lock"), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)   # a second process waits here, then finds the file
             try:
-                for stale in path.parent.glob(path.name + ".tmp.*"):   # left by a writer that was killed
+                for stale in temporary_files(path):   # no writer runs under the lock: a killed one's
                     stale.unlink(missing_ok=True)
                 if self._valid_cache_file(path):
                     self.cache_source = "disk-hit"
@@ -225,7 +224,7 @@ class Basis:
             for r0 in sorted({b.row0, (b.row0 + b.row1) // 2 // 4 * 4, max(b.row0, b.row1 - 4)}):
                 r1 = min(b.row1, r0 + 4)
                 stored = flat[offset + (r0 - b.row0) * cols:offset + (r1 - b.row0) * cols]
-                fresh = self._values(_STREAM_BASIS, r0, r1, b.col0, b.col1).to(self.cache_dtype).cpu().reshape(-1)
+                fresh = self._values(STREAM_BASIS, r0, r1, b.col0, b.col1).to(self.cache_dtype).cpu().reshape(-1)
                 if not torch.equal(stored.view(torch.int16 if stored.element_size() == 2 else torch.int32),
                                    fresh.view(torch.int16 if fresh.element_size() == 2 else torch.int32)):
                     warnings.warn(f"basis cache {path} is corrupt; regenerating it")
@@ -239,26 +238,20 @@ class Basis:
         if free < size + (256 << 20):
             raise OSError(f"the basis cache needs {size / 2**20:.0f} MB but {path.parent} has {free / 2**20:.0f} MB "
                           "free; set PRANC_FED_CACHE to a larger disk or use cache: memory / none")
-        tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
         header = json.dumps(self._cache_header()).encode()
-        try:
-            with open(tmp, "wb") as f:
-                f.write(header.ljust(_CACHE_HEADER, b"\0"))
-                for b in self.blocks:
-                    step = max(4, (64 << 20) // (4 * (b.col1 - b.col0)) // 4 * 4)
-                    for r0 in range(b.row0, b.row1, step):
-                        values = self._values(_STREAM_BASIS, r0, min(b.row1, r0 + step), b.col0, b.col1)
-                        values = values.to(self.cache_dtype).cpu()
-                        if values.element_size() == 2:
-                            values = values.view(torch.int16)
-                        f.write(values.numpy().tobytes())
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o444)
-            os.replace(tmp, path)           # atomic: readers see the old state or the whole file
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+
+        def write(f: BinaryIO) -> None:
+            f.write(header.ljust(_CACHE_HEADER, b"\0"))
+            for b in self.blocks:
+                step = max(4, (64 << 20) // (4 * (b.col1 - b.col0)) // 4 * 4)
+                for r0 in range(b.row0, b.row1, step):
+                    values = self._values(STREAM_BASIS, r0, min(b.row1, r0 + step), b.col0, b.col1)
+                    values = values.to(self.cache_dtype).cpu()
+                    if values.element_size() == 2:
+                        values = values.view(torch.int16)
+                    f.write(values.numpy().tobytes())
+
+        atomic_write(path, write, mode=0o444)   # read-only: every process maps it
 
     # -- streaming, products
 
@@ -279,7 +272,7 @@ class Basis:
             tile = torch.empty(rows * cols, dtype=torch.float32, device=self.device)
             for r0 in range(block.row0, block.row1, rows):
                 r1 = min(block.row1, r0 + rows)
-                yield block, r0, r1, self._values(_STREAM_BASIS, r0, r1, block.col0, block.col1,
+                yield block, r0, r1, self._values(STREAM_BASIS, r0, r1, block.col0, block.col1,
                                                   tile[:(r1 - r0) * cols].view(r1 - r0, cols))
 
     def matrix(self) -> torch.Tensor:
@@ -313,7 +306,7 @@ class Basis:
             rows = self._row_step(block, 20)
             for r0 in range(block.row0, block.row1, rows):
                 r1 = min(block.row1, r0 + rows)
-                values = self._values(_STREAM_BASIS, r0, r1, block.col0, block.col1).to("cpu", torch.float64)
+                values = self._values(STREAM_BASIS, r0, r1, block.col0, block.col1).to("cpu", torch.float64)
                 # a row-wise reduction, not BLAS: its order cannot change with the thread count
                 acc[r0:r1] += values.mul_(a[block.col0:block.col1]).sum(dim=1)
         return acc.to(torch.float32).to(self.device)
@@ -332,18 +325,6 @@ class Basis:
         for block, r0, r1, values in self.chunks():
             addvm(grad[block.col0:block.col1], grad_theta[r0:r1], values)
         return grad
-
-    def _fingerprint(self) -> Fingerprint:
-        digest = hashlib.sha256()
-        for s in self.segments:
-            digest.update(f"{s.name}{s.shape}{s.bound!r};".encode())
-        first = self.blocks[0]
-        rows = min(first.row1, first.row0 + 64)
-        cols = min(first.col1, first.col0 + 8)
-        digest.update(self._values(_STREAM_BASIS, first.row0, rows, first.col0, cols).cpu().numpy().tobytes())
-        digest.update(self.theta0[:64].cpu().numpy().tobytes())
-        return Fingerprint(SPEC_VERSION, self.arch, self.dim, self.num_coeffs, self.layout, self.seed,
-                           digest.hexdigest()[:16])
 
 
 class _Expand(torch.autograd.Function):

@@ -16,7 +16,7 @@ SPEC_VERSION = 1
 _M32 = 0xFFFFFFFF
 _ROUND_A, _ROUND_B = 0xD2511F53, 0xCD9E8D57
 _KEY_A, _KEY_B = 0x9E3779B9, 0xBB67AE85
-_STREAM_BASIS, _STREAM_THETA0 = 0, 1
+STREAM_BASIS, STREAM_THETA0 = 0, 1  # the counter's third word (spec section 4): B's values, theta0's
 # Counters per generator chunk: keeps the uint64 temporaries of one thread inside its L2.
 _GEN_COUNTERS = 1 << 13
 
@@ -214,7 +214,7 @@ def _fill_values_numpy(seed: int, stream: int, row0: int, row1: int, col0: int, 
 
 
 def _unit_block_torch(seed: int, row0: int, row1: int, col0: int, col1: int, device: torch.device | str,
-                      stream: int = _STREAM_BASIS) -> torch.Tensor:
+                      stream: int = STREAM_BASIS) -> torch.Tensor:
     """The torch reference of unit_block (any device), 4 rows per Philox call."""
     key = (seed & _M32, (seed >> 32) & _M32)
     ncols = col1 - col0
@@ -234,7 +234,7 @@ def _unit_block_torch(seed: int, row0: int, row1: int, col0: int, col1: int, dev
 
 
 def unit_block(seed: int, row0: int, row1: int, col0: int, col1: int, device: torch.device | str = "cpu",
-               stream: int = _STREAM_BASIS) -> torch.Tensor:
+               stream: int = STREAM_BASIS) -> torch.Tensor:
     """u for the contiguous block rows [row0, row1) x cols [col0, col1) (float32)."""
     device = torch.device(device)
     if device.type != "cpu":

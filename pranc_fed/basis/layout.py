@@ -3,11 +3,15 @@ and the fingerprint that names a basis on the wire and in files."""
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from .generator import SPEC_VERSION, STREAM_BASIS, STREAM_THETA0
 
 LAYOUTS = ("global", "per_layer")
 
@@ -132,3 +136,24 @@ class Fingerprint:
         if diffs:
             raise FingerprintMismatch("basis mismatch (" + "; ".join(diffs) + "): both sides must use the "
                                       "same pranc.basis_seed, pranc.num_coeffs, pranc.layout and model.arch")
+
+
+# What the fingerprint hashes of the values (spec section 6): theta0[:64] and B[:64, :8] of the first block.
+_FINGERPRINT_ROWS, _FINGERPRINT_COLS = 64, 8
+
+
+def basis_fingerprint(segments: list[Segment], num_coeffs: int, seed: int, arch: str, layout: str,
+                      values: Callable[[int, int, int, int, int], torch.Tensor]) -> Fingerprint:
+    """The fingerprint of a basis (spec section 6). ``values(stream, row0, row1, col0, col1)`` gives the
+    float32 values of those rows and columns of B (STREAM_BASIS) or theta0 (STREAM_THETA0, column 0):
+    only the few the fingerprint reads are asked for, so a caller need not hold theta0 or B."""
+    digest = hashlib.sha256()
+    for s in segments:
+        digest.update(f"{s.name}{s.shape}{s.bound!r};".encode())
+    first = make_blocks(segments, num_coeffs, layout)[0]
+    rows = min(first.row1, first.row0 + _FINGERPRINT_ROWS)
+    cols = min(first.col1, first.col0 + _FINGERPRINT_COLS)
+    digest.update(values(STREAM_BASIS, first.row0, rows, first.col0, cols).cpu().numpy().tobytes())
+    dim = segments[-1].offset + segments[-1].numel
+    digest.update(values(STREAM_THETA0, 0, min(dim, _FINGERPRINT_ROWS), 0, 1).cpu().numpy().tobytes())
+    return Fingerprint(SPEC_VERSION, arch, dim, num_coeffs, layout, seed, digest.hexdigest()[:16])
