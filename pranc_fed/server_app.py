@@ -23,7 +23,8 @@ from .methods import get_method
 from .pranc import PrancModel
 from .strategy import MethodStrategy
 from .data import make_loader
-from .training import evaluate, federated_train_sets, model_args, resolve_device, test_loader
+from .models import model_args
+from .training import evaluate, federated_train_sets, resolve_device, test_loader
 
 APP_DIR = Path(__file__).resolve().parents[1]
 CHECKPOINT = "checkpoint.npz"  # the server's state after the last complete round (--resume)

@@ -13,7 +13,7 @@ from torch import nn
 from .basis import covered_segments, make_blocks
 from .config import ConfigError, ExperimentConfig
 from .data import DatasetBundle, TensorImageDataset, hold_out, load_dataset, make_loader, subset
-from .models import build_model, count_parameters
+from .models import build_dense, build_model, build_pranc, count_parameters, model_args
 from .pranc import PrancModel
 
 
@@ -24,24 +24,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"train.device is {name!r} but no CUDA device is available; use auto or cpu")
     return device
-
-
-def model_args(bundle: DatasetBundle) -> dict:
-    """Build arguments of the model for this dataset, stored in .pranc files."""
-    return {"num_classes": bundle.num_classes, "in_channels": bundle.preprocessing.input_shape[0]}
-
-
-def build_dense(cfg: ExperimentConfig, bundle: DatasetBundle, device: torch.device) -> nn.Module:
-    # The seed fixes the dense init so that every party starts from the same weights.
-    torch.manual_seed(cfg.seed)
-    return build_model(cfg.model.arch, **model_args(bundle)).to(device)
-
-
-def build_pranc(cfg: ExperimentConfig, bundle: DatasetBundle, device: torch.device) -> PrancModel:
-    p = cfg.pranc
-    return PrancModel(build_dense(cfg, bundle, device), p.num_coeffs, p.basis_seed, cfg.model.arch,
-                      layout=p.layout, budget_mb=p.basis_budget_mb, cache=p.cache, device=device,
-                      cache_dtype=p.cache_dtype)
 
 
 def make_optimizer(model: nn.Module, cfg: ExperimentConfig) -> torch.optim.Optimizer:

@@ -438,7 +438,8 @@ def precision_accuracy(out_dir: Path, config: str, overrides: list[str], dtypes:
     rounded basis moves theta: ||theta_lowp - theta_exact|| / ||B alpha||."""
     from pranc_fed.config import load_config
     from pranc_fed.data import load_dataset, make_loader, subset
-    from pranc_fed.training import build_pranc, evaluate, make_optimizer, test_loader, train_steps
+    from pranc_fed.models import build_pranc
+    from pranc_fed.training import evaluate, make_optimizer, test_loader, train_steps
     cfg = load_config(config, overrides)
     device = torch.device("cpu")
     bundle = load_dataset(cfg.data.dataset)
