@@ -1,5 +1,6 @@
 """`pranc-fed` command line. Each subcommand parses its arguments here and calls one function
-elsewhere; bad input of any kind exits with status 2 and a message that says what to do."""
+elsewhere; bad input of any kind exits with status 2 and a message that says what to do, and a
+config is checked (preflight) before any process starts."""
 
 from __future__ import annotations
 
@@ -8,10 +9,14 @@ import os
 import sys
 from pathlib import Path
 
-from .basis import FingerprintMismatch
+import torch
+
+from .basis import FingerprintMismatch, covered_segments, make_blocks
 from .config import ConfigError, ExperimentConfig, load_config
-from .data import DatasetError
+from .data import DatasetError, load_dataset
+from .models import build_model, describe_models, model_args
 from .pranc import PrancFileError
+from .training import resolve_device
 
 USER_ERRORS = (ConfigError, DatasetError, PrancFileError, FingerprintMismatch, FileNotFoundError)
 
@@ -39,8 +44,45 @@ def _check_resume(cfg: ExperimentConfig, out: Path) -> None:
         check_resume(cfg, out)
 
 
+def preflight(cfg: ExperimentConfig, centralised: bool = False) -> None:
+    """What would otherwise fail inside a run, minutes later and only in its log, checked before any
+    process starts: the dataset, the device, the architecture and its input shape, and the size of
+    the basis (of train.mode when centralised, else of federation.method). Each failure is a one-line
+    ConfigError (DatasetError for the data)."""
+    bundle = load_dataset(cfg.data.dataset)
+    try:
+        resolve_device(cfg.train.device)
+    except RuntimeError as e:
+        raise ConfigError(str(e)) from None
+    try:
+        with torch.device("meta"):
+            module = build_model(cfg.model.arch, **model_args(bundle))
+    except ValueError as e:
+        raise ConfigError(f"model.arch: {e}") from None
+    shape = bundle.preprocessing.input_shape
+    try:
+        with torch.device("meta"):
+            module(torch.empty(2, *shape))
+    except RuntimeError as e:
+        raise ConfigError(f"model.arch {cfg.model.arch!r} cannot take the {'x'.join(map(str, shape))} images of "
+                          f"{cfg.data.dataset!r} ({str(e).splitlines()[0]}); pick an architecture for this input "
+                          "(`pranc-fed models` lists them)") from None
+    if (cfg.train.mode if centralised else cfg.federation.method) == "pranc":
+        p = cfg.pranc
+        try:
+            values = sum((b.row1 - b.row0) * (b.col1 - b.col0)
+                         for b in make_blocks(covered_segments(module), p.num_coeffs, p.layout))
+        except ValueError as e:
+            raise ConfigError(f"pranc: {e}") from None
+        gib = values * 4 / 2**30
+        if gib > p.max_basis_gb:
+            raise ConfigError(f"the basis of {cfg.model.arch} at K={p.num_coeffs} ({p.layout}) holds {values:,} values "
+                              f"({gib:,.1f} GiB in float32), more than pranc.max_basis_gb={p.max_basis_gb:g}: every "
+                              "step would stream it; use pranc.layout=per_layer, a smaller pranc.num_coeffs, or raise "
+                              "the limit (pranc.cache=disk keeps one copy on disk)")
+
+
 def cmd_models(args: argparse.Namespace) -> int:
-    from .models import describe_models
     print(f"{'name':<14} {'input':<12} {'covered':>10} {'local':>8}  description")
     for m in describe_models():
         shape = "x".join(map(str, m["input_shape"]))
@@ -49,7 +91,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .training import preflight, train_centralized
+    from .centralized import train_centralized
     cfg, out = _load(args)
     preflight(cfg, centralised=True)
     summary = train_centralized(cfg, out)
@@ -60,7 +102,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from .runner import simulate
-    from .training import preflight
     cfg, out = _load(args)
     preflight(cfg)
     _check_resume(cfg, out)
@@ -69,7 +110,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     from .deploy import deploy
-    from .training import preflight
     if args.nodes is not None:  # N SuperNodes hold partitions 0..N-1: the config's clients follow
         args.overrides = [*args.overrides, f"federation.num_clients={args.nodes}"]
     cfg, out = _load(args)
@@ -88,7 +128,6 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import compare, plan
-    from .training import preflight
     _, out = _load(args)
     for run in plan(args.config, args.overrides):
         preflight(run.cfg)
@@ -115,7 +154,6 @@ def _progress_printer(label: str):
 
 def _inference_device(name: str):
     """The torch device for --device, or None after printing why it is not available."""
-    from .training import resolve_device
     try:
         return resolve_device(name)
     except RuntimeError as e:  # e.g. cuda requested without a GPU
