@@ -3,6 +3,8 @@ client and the server's central evaluation."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -50,8 +52,10 @@ def train_steps(model: nn.Module, loader, optimizer: torch.optim.Optimizer, devi
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device: torch.device) -> tuple[float, float]:
-    """(mean loss, accuracy). A PrancModel expands theta once, not once per batch."""
+def evaluate(model: nn.Module, loader, device: torch.device | str,
+             progress: Callable[[int], None] | None = None) -> tuple[float, float]:
+    """(mean loss, accuracy); progress(examples so far) after each batch. A PrancModel expands theta
+    once, not once per batch."""
     net = model.materialize() if isinstance(model, PrancModel) else model
     net.eval()
     total_loss, correct, seen = 0.0, 0, 0
@@ -61,6 +65,8 @@ def evaluate(model: nn.Module, loader, device: torch.device) -> tuple[float, flo
         total_loss += nn.functional.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
         seen += len(y)
+        if progress is not None:
+            progress(seen)
     return total_loss / max(seen, 1), correct / max(seen, 1)
 
 
