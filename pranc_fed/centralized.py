@@ -3,16 +3,14 @@ whole training set (data.train_subset of it), with the loop of training.py."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
-import torch
-
 from .config import ExperimentConfig
 from .data import load_dataset, make_loader, subset
-from .models import build_dense, build_pranc, count_parameters, model_args
+from .models import build_dense, build_pranc
 from .pranc import PrancModel
+from .results import parameter_counts, save_results
 from .training import evaluate, make_optimizer, resolve_device, test_loader, train_steps
 
 
@@ -37,22 +35,14 @@ def train_centralized(cfg: ExperimentConfig, out_dir: Path, log=print) -> dict:
         log(f"epoch {epoch}/{cfg.train.epochs}  train loss {train_loss:.4f}  test loss {test_loss:.4f}  "
             f"test acc {test_acc:.4f}  {history[-1]['wall_seconds']:.0f}s")
     out_dir.mkdir(parents=True, exist_ok=True)
-    covered, local = count_parameters(model.module if isinstance(model, PrancModel) else model)
     summary = {
         "mode": cfg.train.mode, "arch": cfg.model.arch, "dataset": cfg.data.dataset,
         "final_test_accuracy": history[-1]["test_accuracy"], "best_test_accuracy": best,
         "epochs": cfg.train.epochs, "num_coeffs": cfg.pranc.num_coeffs if cfg.train.mode == "pranc" else None,
-        "param_count": covered + local, "covered_param_count": covered, "local_param_count": local,
+        **parameter_counts(model.module if isinstance(model, PrancModel) else model),
         "wall_seconds": time.perf_counter() - started, "device": str(device), "history": history,
     }
-    if isinstance(model, PrancModel):
-        path = out_dir / "model.pranc"
-        summary["model_file"] = str(path)
-        summary["model_file_bytes"] = model.save(path, cfg.pranc.alpha_dtype, model_args(bundle),
-                                                 bundle.preprocessing.to_dict(), {"config": cfg.name})
-    else:
-        torch.save(model.state_dict(), out_dir / "model.pt")
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    dense_state = {k: v.cpu().numpy() for k, v in model.state_dict().items()}
+    summary = save_results(out_dir, cfg, bundle, model, dense_state, summary)
     log(f"wrote {out_dir / 'summary.json'}")
     return summary
-
