@@ -129,9 +129,10 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import compare, plan
     _, out = _load(args)
-    for run in plan(args.config, args.overrides):
+    planned = plan(args.config, args.overrides)
+    for run in planned:
         preflight(run.cfg)
-    return 0 if compare(args.config, args.overrides, out) else 1
+    return 0 if compare(args.config, args.overrides, out, planned=planned) else 1
 
 
 def _progress_printer(label: str):
