@@ -205,19 +205,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    """Basis engine benchmark: simulations/bench.py of the source checkout (see its docstring)."""
-    import importlib.util
-    path = Path(__file__).resolve().parents[1] / "simulations" / "bench.py"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: `pranc-fed bench` runs simulations/bench.py of a source "
-                                "checkout (pip install -e .)")
-    spec = importlib.util.spec_from_file_location("pranc_fed_bench", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    argv = ["--out", str(args.out), "--models", args.models, "--repeats", str(args.repeats)]
-    argv += ["--variants", args.variants] if args.variants else []
-    argv += ["--max-gb", str(args.max_gb)] if args.max_gb else []
-    return bench.main(argv)
+    """Basis engine benchmark, or with --accuracy the cache dtypes' accuracy (bench.py's docstring)."""
+    from . import bench
+    if args.accuracy:
+        bench.precision_accuracy(args.out, args.accuracy, args.overrides, args.dtypes.split(","))
+        return 0
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in models if m not in bench.SETTINGS]
+    if unknown:
+        raise ConfigError(f"--models: unknown model(s) {', '.join(unknown)}; choose from {', '.join(bench.SETTINGS)}")
+    bench.run(args.out, models, args.repeats, args.max_gb, [v.strip() for v in args.variants.split(",")]
+              if args.variants else None)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -283,6 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variants", help="comma-separated subset of official,fp32,fp16,bf16,per_layer,disk,none")
     p.add_argument("--repeats", type=int, default=3, help="timed rounds per measurement (default 3)")
     p.add_argument("--max-gb", type=float, help="largest basis to hold in memory (default 60%% of MemAvailable)")
+    p.add_argument("--accuracy", metavar="CONFIG", help="instead of timings: train CONFIG once per --dtypes and "
+                   "report the accuracy effect of a low-precision cached basis")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="config override for --accuracy (repeatable)")
+    p.add_argument("--dtypes", default="float32,float16,bfloat16", help="cache dtypes for --accuracy")
     p.set_defaults(run=cmd_bench)
     return parser
 
