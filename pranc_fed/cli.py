@@ -1,5 +1,6 @@
 """`pranc-fed` command line. Each subcommand parses its arguments here and calls one function
-elsewhere; bad input of any kind exits with status 2 and a message that says what to do."""
+elsewhere; bad input of any kind exits with status 2 and a message that says what to do, and a
+config is checked (preflight) before any process starts."""
 
 from __future__ import annotations
 
@@ -8,10 +9,14 @@ import os
 import sys
 from pathlib import Path
 
-from .basis import FingerprintMismatch
+import torch
+
+from .basis import FingerprintMismatch, covered_segments, make_blocks
 from .config import ConfigError, ExperimentConfig, load_config
-from .data import DatasetError
+from .data import DatasetError, load_dataset
+from .models import build_model, describe_models, model_args
 from .pranc import PrancFileError
+from .training import resolve_device
 
 USER_ERRORS = (ConfigError, DatasetError, PrancFileError, FingerprintMismatch, FileNotFoundError)
 
@@ -39,8 +44,45 @@ def _check_resume(cfg: ExperimentConfig, out: Path) -> None:
         check_resume(cfg, out)
 
 
+def preflight(cfg: ExperimentConfig, centralised: bool = False) -> None:
+    """What would otherwise fail inside a run, minutes later and only in its log, checked before any
+    process starts: the dataset, the device, the architecture and its input shape, and the size of
+    the basis (of train.mode when centralised, else of federation.method). Each failure is a one-line
+    ConfigError (DatasetError for the data)."""
+    bundle = load_dataset(cfg.data.dataset)
+    try:
+        resolve_device(cfg.train.device)
+    except RuntimeError as e:
+        raise ConfigError(str(e)) from None
+    try:
+        with torch.device("meta"):
+            module = build_model(cfg.model.arch, **model_args(bundle))
+    except ValueError as e:
+        raise ConfigError(f"model.arch: {e}") from None
+    shape = bundle.preprocessing.input_shape
+    try:
+        with torch.device("meta"):
+            module(torch.empty(2, *shape))
+    except RuntimeError as e:
+        raise ConfigError(f"model.arch {cfg.model.arch!r} cannot take the {'x'.join(map(str, shape))} images of "
+                          f"{cfg.data.dataset!r} ({str(e).splitlines()[0]}); pick an architecture for this input "
+                          "(`pranc-fed models` lists them)") from None
+    if (cfg.train.mode if centralised else cfg.federation.method) == "pranc":
+        p = cfg.pranc
+        try:
+            values = sum((b.row1 - b.row0) * (b.col1 - b.col0)
+                         for b in make_blocks(covered_segments(module), p.num_coeffs, p.layout))
+        except ValueError as e:
+            raise ConfigError(f"pranc: {e}") from None
+        gib = values * 4 / 2**30
+        if gib > p.max_basis_gb:
+            raise ConfigError(f"the basis of {cfg.model.arch} at K={p.num_coeffs} ({p.layout}) holds {values:,} values "
+                              f"({gib:,.1f} GiB in float32), more than pranc.max_basis_gb={p.max_basis_gb:g}: every "
+                              "step would stream it; use pranc.layout=per_layer, a smaller pranc.num_coeffs, or raise "
+                              "the limit (pranc.cache=disk keeps one copy on disk)")
+
+
 def cmd_models(args: argparse.Namespace) -> int:
-    from .models import describe_models
     print(f"{'name':<14} {'input':<12} {'covered':>10} {'local':>8}  description")
     for m in describe_models():
         shape = "x".join(map(str, m["input_shape"]))
@@ -49,7 +91,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .training import preflight, train_centralized
+    from .centralized import train_centralized
     cfg, out = _load(args)
     preflight(cfg, centralised=True)
     summary = train_centralized(cfg, out)
@@ -60,7 +102,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from .runner import simulate
-    from .training import preflight
     if args.ray_address:
         args.overrides = [*args.overrides, f"federation.ray_address={args.ray_address}"]
     cfg, out = _load(args)
@@ -71,7 +112,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     from .deploy import deploy
-    from .training import preflight
     if args.nodes is not None:  # N SuperNodes hold partitions 0..N-1: the config's clients follow
         args.overrides = [*args.overrides, f"federation.num_clients={args.nodes}"]
     cfg, out = _load(args)
@@ -90,11 +130,11 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import compare, plan
-    from .training import preflight
     _, out = _load(args)
-    for run in plan(args.config, args.overrides):
+    planned = plan(args.config, args.overrides)
+    for run in planned:
         preflight(run.cfg)
-    return 0 if compare(args.config, args.overrides, out) else 1
+    return 0 if compare(args.config, args.overrides, out, planned=planned) else 1
 
 
 def _progress_printer(label: str):
@@ -117,7 +157,6 @@ def _progress_printer(label: str):
 
 def _inference_device(name: str):
     """The torch device for --device, or None after printing why it is not available."""
-    from .training import resolve_device
     try:
         return resolve_device(name)
     except RuntimeError as e:  # e.g. cuda requested without a GPU
@@ -168,19 +207,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    """Basis engine benchmark: simulations/bench.py of the source checkout (see its docstring)."""
-    import importlib.util
-    path = Path(__file__).resolve().parents[1] / "simulations" / "bench.py"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: `pranc-fed bench` runs simulations/bench.py of a source "
-                                "checkout (pip install -e .)")
-    spec = importlib.util.spec_from_file_location("pranc_fed_bench", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    argv = ["--out", str(args.out), "--models", args.models, "--repeats", str(args.repeats)]
-    argv += ["--variants", args.variants] if args.variants else []
-    argv += ["--max-gb", str(args.max_gb)] if args.max_gb else []
-    return bench.main(argv)
+    """Basis engine benchmark, or with --accuracy the cache dtypes' accuracy (bench.py's docstring)."""
+    from . import bench
+    if args.accuracy:
+        bench.precision_accuracy(args.out, args.accuracy, args.overrides, args.dtypes.split(","))
+        return 0
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in models if m not in bench.SETTINGS]
+    if unknown:
+        raise ConfigError(f"--models: unknown model(s) {', '.join(unknown)}; choose from {', '.join(bench.SETTINGS)}")
+    bench.run(args.out, models, args.repeats, args.max_gb, [v.strip() for v in args.variants.split(",")]
+              if args.variants else None)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -248,6 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variants", help="comma-separated subset of official,fp32,fp16,bf16,per_layer,disk,none")
     p.add_argument("--repeats", type=int, default=3, help="timed rounds per measurement (default 3)")
     p.add_argument("--max-gb", type=float, help="largest basis to hold in memory (default 60%% of MemAvailable)")
+    p.add_argument("--accuracy", metavar="CONFIG", help="instead of timings: train CONFIG once per --dtypes and "
+                   "report the accuracy effect of a low-precision cached basis")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="config override for --accuracy (repeatable)")
+    p.add_argument("--dtypes", default="float32,float16,bfloat16", help="cache dtypes for --accuracy")
     p.set_defaults(run=cmd_bench)
     return parser
 

@@ -127,12 +127,14 @@ def is_done(run: Run, folder: Path) -> bool:
 
 
 def compare(config_path: str | Path, overrides: list[str], out: Path,
-            simulate: Callable[..., bool] | None = None, log=print) -> bool:
-    """Run (or resume) the comparison into out and write the three reports; True when every run completed."""
+            simulate: Callable[..., bool] | None = None, log=print, planned: list[Run] | None = None) -> bool:
+    """Run (or resume) the comparison into out and write the three reports; True when every run completed.
+    planned: plan(config_path, overrides), when the caller has made it already."""
     if simulate is None:
         from .runner import simulate
     out.mkdir(parents=True, exist_ok=True)
-    planned = plan(config_path, overrides)
+    if planned is None:
+        planned = plan(config_path, overrides)
     runs, failed, trials = [], [], []
     for i, run in enumerate(planned, 1):
         step = f"{i}/{len(planned)} {run.label}"

@@ -57,6 +57,7 @@ from .basis import (STREAM_THETA0, Fingerprint, FingerprintMismatch, Segment, ba
                     make_blocks, period_seed, unit_block)
 from .data import IMAGE_EXTENSIONS, DatasetError, Preprocessing, TensorImageDataset, make_loader, subset
 from .pranc import FILE_FORMAT, PrancFile, PrancFileError, PrancModel, as_pranc_file, read_pranc_file
+from .training import evaluate
 
 __all__ = ["ImageInputError", "OnTheFlyModel", "Prediction", "evaluate_model", "inspect_model", "load_model",
            "predict_images", "read_preprocessing", "collect_images", "format_inspection"]
@@ -426,17 +427,12 @@ def dataset_for_model(split: TensorImageDataset, prep: Preprocessing | None, num
 def evaluate_model(net: nn.Module, dataset: TensorImageDataset, batch_size: int = 1000,
                    device: torch.device | str = "cpu",
                    progress: Callable[[int, int], None] | None = None) -> dict[str, float]:
-    """Cross-entropy loss and accuracy of ``net`` over ``dataset``; progress(done, total) after each batch."""
-    net.eval()
-    total_loss, correct, seen, n = 0.0, 0, 0, len(dataset)
-    for x, y in make_loader(dataset, batch_size, shuffle=False, device=device):
-        logits = net(x)
-        total_loss += nn.functional.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
-        seen += len(y)
-        if progress is not None:
-            progress(seen, n)
-    return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1), "examples": seen}
+    """Cross-entropy loss and accuracy of ``net`` over ``dataset`` (training.evaluate's loop);
+    progress(done, total) after each batch."""
+    n = len(dataset)
+    loss, accuracy = evaluate(net, make_loader(dataset, batch_size, shuffle=False, device=device), device,
+                              None if progress is None else lambda done: progress(done, n))
+    return {"loss": loss, "accuracy": accuracy, "examples": n}
 
 
 def evaluate_file(path: str | Path, data: str, split: str = "test", on_the_fly: bool = False,

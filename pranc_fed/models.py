@@ -1,4 +1,4 @@
-"""The networks pranc-fed trains, and a registry that names them.
+"""The networks pranc-fed trains, a registry that names them, and the model a config builds.
 
 Plain PyTorch ``nn.Module`` s, no tricks: every model has a fixed structure given
 (num_classes, in_channels), uses only out-of-place ops, and works with
@@ -22,12 +22,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .basis.layout import COVERED_LAYER_TYPES, covered_parameters  # what PRANC covers: defined once, there
+
+if TYPE_CHECKING:  # config and pranc import this module
+    from .config import ExperimentConfig
+    from .data import DatasetBundle
+    from .pranc import PrancModel
 
 
 # --------------------------------------------------------------------------- LeNet
@@ -246,6 +252,29 @@ def build_model(arch: str, num_classes: int = 10, in_channels: int | None = None
     if in_channels is None:
         in_channels = info.input_shape[0]
     return info.builder(num_classes=num_classes, in_channels=in_channels)
+
+
+# ------------------------------------------------------------ the model of a config
+
+
+def model_args(bundle: DatasetBundle) -> dict:
+    """Build arguments of the model for this dataset, stored in .pranc files."""
+    return {"num_classes": bundle.num_classes, "in_channels": bundle.preprocessing.input_shape[0]}
+
+
+def build_dense(cfg: ExperimentConfig, bundle: DatasetBundle, device: torch.device) -> nn.Module:
+    # The seed fixes the dense init so that every party starts from the same weights.
+    torch.manual_seed(cfg.seed)
+    return build_model(cfg.model.arch, **model_args(bundle)).to(device)
+
+
+def build_pranc(cfg: ExperimentConfig, bundle: DatasetBundle, device: torch.device) -> PrancModel:
+    """The dense model of build_dense wrapped as theta0 + B @ alpha, with the config's basis settings."""
+    from .pranc import PrancModel  # here, not at the top: pranc.py imports this module
+    p = cfg.pranc
+    return PrancModel(build_dense(cfg, bundle, device), p.num_coeffs, p.basis_seed, cfg.model.arch,
+                      layout=p.layout, budget_mb=p.basis_budget_mb, cache=p.cache, device=device,
+                      cache_dtype=p.cache_dtype)
 
 
 # ---------------------------------------------------------- covered / local split

@@ -1,5 +1,6 @@
 """Flower ServerApp: build the initial model from the config, run the strategy with central
-evaluation after every round, write rounds.csv, summary.json, ledger.csv and the final model."""
+evaluation after every round, write rounds.csv and ledger.csv, then the final model and summary.json
+(results.py)."""
 
 from __future__ import annotations
 
@@ -18,12 +19,12 @@ from flwr.serverapp import Grid, ServerApp
 
 from . import atomic_write
 from .config import ConfigError, ExperimentConfig, config_from_dict, config_from_run_config, config_to_dict
-from .data import load_dataset
+from .data import load_dataset, make_loader
 from .methods import get_method
 from .pranc import PrancModel
+from .results import parameter_counts, save_results
 from .strategy import MethodStrategy
-from .data import make_loader
-from .training import evaluate, federated_train_sets, model_args, resolve_device, test_loader
+from .training import evaluate, federated_train_sets, resolve_device, test_loader
 
 APP_DIR = Path(__file__).resolve().parents[1]
 CHECKPOINT = "checkpoint.npz"  # the server's state after the last complete round (--resume)
@@ -83,13 +84,13 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path) -> dict:
 
     strategy.run(grid, len(rows) + 1, cfg.federation.rounds, cfg.federation.round_timeout, record)
 
-    model_file = _save_model(cfg, method, strategy, model, bundle, out)
-    summary = _summary(cfg, strategy, rows, model, fingerprint, model_file, time.perf_counter() - started)
+    method.load_state(model, strategy.state)
+    summary = _summary(cfg, strategy, rows, model, fingerprint, time.perf_counter() - started)
     needed = math.ceil(cfg.federation.min_aggregated_share * cfg.federation.rounds)
     if summary["rounds_aggregated"] < needed:
         summary["failure"] = (f"only {summary['rounds_aggregated']} of {cfg.federation.rounds} rounds aggregated, fewer "
                               f"than federation.min_aggregated_share requires ({needed}); see 'replies' for why")
-    atomic_write(out / "summary.json", lambda f: f.write(json.dumps(summary, indent=2).encode()))
+    summary = save_results(out, cfg, bundle, model, strategy.state, summary, rounds=cfg.federation.rounds)
     if "failure" in summary:
         print(f"[pranc-fed] run failed: {summary['failure']}; results in {out}", flush=True)
         raise RunFailed(summary["failure"])
@@ -161,22 +162,8 @@ def _without_resume(cfg: ExperimentConfig) -> dict:
     return d
 
 
-def _save_model(cfg, method, strategy, model, bundle, out: Path) -> Path:
-    """PRANC: a .pranc file (seed + alpha); dense methods: an .npz of the state (no pickle)."""
-    method.load_state(model, strategy.state)
-    if isinstance(model, PrancModel):
-        path = out / "model.pranc"
-        model.save(path, cfg.pranc.alpha_dtype, model_args(bundle), bundle.preprocessing.to_dict(),
-                   {"config": cfg.name, "rounds": cfg.federation.rounds})
-        return path
-    path = out / "model.npz"
-    np.savez(path, **strategy.state)
-    return path
-
-
-def _summary(cfg, strategy, rows, model, fingerprint, model_file, wall) -> dict:
-    from .models import count_parameters
-    covered, local = count_parameters(strategy.method.network(model))
+def _summary(cfg, strategy, rows, model, fingerprint, wall) -> dict:
+    counts = parameter_counts(strategy.method.network(model))
     accuracies = [r["test_accuracy"] for r in rows]
     return {
         "method": cfg.federation.method, "name": cfg.name, "arch": cfg.model.arch, "dataset": cfg.data.dataset,
@@ -188,10 +175,8 @@ def _summary(cfg, strategy, rows, model, fingerprint, model_file, wall) -> dict:
         "rounds": len(rows), "rounds_aggregated": sum(s.aggregated for s in strategy.rounds),
         "clients": cfg.federation.num_clients,
         "num_coeffs": cfg.pranc.num_coeffs if isinstance(model, PrancModel) else None,
-        "param_count": covered + local, "covered_param_count": covered, "local_param_count": local,
-        "dense_fp32_bytes_per_transfer": 4 * (covered + local),
-        "fingerprint": fingerprint, "model_file": str(model_file), "model_file_bytes": model_file.stat().st_size,
-        "wall_seconds": round(wall, 3),
+        **counts, "dense_fp32_bytes_per_transfer": 4 * counts["param_count"],
+        "fingerprint": fingerprint, "wall_seconds": round(wall, 3),
         "replies": [{"round": s.round, "sampled": s.sampled, "received": s.received, "dropped": s.dropped}
                     for s in strategy.rounds],
     }

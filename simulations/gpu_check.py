@@ -28,7 +28,6 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "simulations"))
 
 CHECKS = {"lenet": 5000, "resnet20": 10000}
 
@@ -91,7 +90,7 @@ def guarded(report: dict, key: str, out: Path, fn, *args):
 
 
 def engines(arch: str, k: int, repeats: int) -> dict:
-    import bench
+    from pranc_fed import bench
     from pranc_fed.models import MODELS
     batch_size = bench.SETTINGS[arch][1]
     batch = (torch.randn(batch_size, *MODELS[arch].input_shape), torch.randint(0, 10, (batch_size,)))

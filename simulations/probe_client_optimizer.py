@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pranc_fed.config import load_config  # noqa: E402
 from pranc_fed.data import client_split, load_dataset, make_loader, partition_indices  # noqa: E402
-from pranc_fed.training import build_pranc, evaluate, federated_train_sets, train_steps  # noqa: E402
+from pranc_fed.models import build_pranc  # noqa: E402
+from pranc_fed.training import evaluate, federated_train_sets, train_steps  # noqa: E402
 
 name, opts = sys.argv[1], dict(a.split("=") for a in sys.argv[2:])
 K, lr, rounds = int(opts.get("K", 5000)), float(opts.get("lr", 0.002)), int(opts.get("R", 12))

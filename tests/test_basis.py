@@ -270,7 +270,7 @@ def test_cache_budget_and_bad_options() -> None:
 def test_config_cache_dtype_reaches_the_basis() -> None:
     from pranc_fed.config import load_config
     from pranc_fed.data import load_dataset
-    from pranc_fed.training import build_pranc
+    from pranc_fed.models import build_pranc
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "mnist_lenet.yaml",
                       ["pranc.num_coeffs=20", "pranc.cache=memory", "pranc.cache_dtype=bfloat16"])
     model = build_pranc(cfg, load_dataset("mnist"), torch.device("cpu"))

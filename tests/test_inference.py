@@ -36,7 +36,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     old = os.environ.get("PRANC_FED_CACHE")
     os.environ["PRANC_FED_CACHE"] = str(tmp_path_factory.getbasetemp() / "dataset-cache")  # never ~/.cache
     try:
-        from pranc_fed.training import train_centralized
+        from pranc_fed.centralized import train_centralized
         cfg = load_config("configs/mnist_lenet.yaml", [
             "train.epochs=1", "data.train_subset=256", f"data.test_subset={TEST_SUBSET}",
             f"pranc.num_coeffs={K}", "train.device=cpu"])

@@ -28,7 +28,7 @@ def test_refused_before_any_process_starts(command, override, message, capsys, t
 
 def test_a_dense_method_needs_no_basis_check():
     from pranc_fed.config import load_config
-    from pranc_fed.training import preflight
+    from pranc_fed.cli import preflight
     preflight(load_config("configs/mnist_lenet.yaml", ["model.arch=resnet18", "federation.method=fedavg"]))
 
 

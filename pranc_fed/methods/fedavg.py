@@ -8,7 +8,7 @@ from flwr.app import ArrayRecord
 from torch import nn
 
 from ..data import DatasetBundle
-from ..training import build_dense
+from ..models import build_dense
 from .base import Method, State, decode_state, float_state, to_array
 
 

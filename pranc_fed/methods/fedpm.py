@@ -38,7 +38,7 @@ from torch import nn
 
 from ..codecs import InvalidReply, pack_bits, packed_size, unpack_bits
 from ..data import DatasetBundle
-from ..training import build_dense
+from ..models import build_dense
 from .base import Method, State, check_keys, decode_state, from_array, to_array
 
 CLIP = 0.01  # theta stays in [CLIP, 1 - CLIP], so that every score is finite

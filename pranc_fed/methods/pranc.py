@@ -37,8 +37,8 @@ from flwr.app import Array, ArrayRecord
 
 from ..codecs import BlockScaled, Codec, InvalidReply, make_codec, seeded_rng
 from ..data import DatasetBundle
+from ..models import build_pranc
 from ..pranc import PrancModel
-from ..training import build_pranc
 from .base import OPTIMIZER_PREFIX, Method, State, decode_state, float_state, forget_optimizer, from_array, to_array
 
 RESIDUAL_KEY = "error-feedback-residual"

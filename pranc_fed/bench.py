@@ -1,7 +1,7 @@
 """Benchmark of the basis engine against the official PRANC approach (materialised fp32 B, torch.matmul).
 
     pranc-fed bench --out runs/bench                          # lenet, resnet20, resnet56 (about 10 min)
-    .venv/bin/python simulations/bench.py --models lenet --out /tmp/bench      # about 2 min
+    pranc-fed bench --models lenet --out /tmp/bench           # about 2 min
 
 For LeNet/MNIST (K=5000, batch 256), ResNet20 (K=10000, batch 128) and ResNet56 (K=5000,
 batch 128), in one process, with the official approach run next to ours as the baseline:
@@ -32,7 +32,7 @@ step, so that a shared machine's load hits them alike. ``x_dense`` is the median
 (step / dense step of that round); min/min compares best times. Variants that do not fit --max-gb
 alone are skipped and say so.
 
-    .venv/bin/python simulations/bench.py --accuracy configs/mnist_lenet.yaml --set train.epochs=1
+    pranc-fed bench --accuracy configs/mnist_lenet.yaml --set train.epochs=1
 
 trains the config once per cache dtype (float32, float16, bfloat16) instead, and reports test
 accuracy with the basis it trained on and with the exact fp32 basis.
@@ -40,7 +40,6 @@ accuracy with the basis it trained on and with the exact fp32 basis.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import os
@@ -57,10 +56,10 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from pranc_fed import basis as basis_mod
-from pranc_fed.basis import Basis
-from pranc_fed.models import MODELS, build_model
-from pranc_fed.pranc import PrancModel
+from . import basis as basis_mod
+from .basis import Basis
+from .models import MODELS, build_model
+from .pranc import PrancModel
 
 SETTINGS = {  # arch: (K, batch)
     "lenet": (5000, 256),
@@ -148,7 +147,7 @@ def generation_rates(basis: Basis) -> dict:
            "torch_reference_values_per_s": small * k / t["torch_reference"]["min_s"],
            "official_torch_rng_values_per_s": rows * k / t["torch_rng"]["min_s"]}
     if torch.cuda.is_available():
-        from pranc_fed import triton_basis
+        from . import triton_basis
         gpu = Basis(basis.segments, k, basis.seed, basis.arch, cache="none", device="cuda", engine="triton")
         n_rows = min(basis.dim, (64 * 2 ** 20) // k) // 4 * 4
         t = interleaved({"triton": lambda: (triton_basis.values(gpu, 0, n_rows, 0, k), torch.cuda.synchronize()),
@@ -174,10 +173,10 @@ class OfficialPranc(nn.Module):
         return functional_call(self.module, params, (x,), strict=False)
 
 
-def adopt_cache(basis: Basis, tensors: list[torch.Tensor], dtype: torch.dtype) -> Basis:
-    """Give a cache-less Basis an existing cached copy (saves regenerating it for each precision)."""
-    basis._cached, basis.cache_dtype, basis.cache_source = tensors, dtype, "memory"
-    return basis
+def cached_blocks(basis: Basis) -> list[torch.Tensor]:
+    """basis's cached copy, one tensor per block ([] without a cache), to time torch.sum over the very
+    bytes a product reads and to hand the official approach the same fp32 matrix. Read, never replaced."""
+    return basis._cached or []
 
 
 def make_step(model: nn.Module, params, batch: tuple[torch.Tensor, torch.Tensor]):
@@ -239,21 +238,16 @@ def bench_model(arch: str, variants: list[str], repeats: int, max_gb: float, log
     for group in groups:
         result["groups"].append(group)
         built = {}
-        fp32_cache = None
+        fp32 = None  # official and fp32 share one cached fp32 basis
         for variant in group:
             started = time.perf_counter()
             if variant in ("official", "fp32"):
-                if fp32_cache is None:
-                    fp32_cache = Basis(base.segments, k, SEED, arch, cache="memory", budget_mb=1e9)._cached
-                basis = adopt_cache(Basis(base.segments, k, SEED, arch, cache="none"), fp32_cache, torch.float32)
+                if fp32 is None:
+                    fp32 = Basis(base.segments, k, SEED, arch, cache="memory", budget_mb=1e9)
+                basis = fp32
             elif variant in ("fp16", "bf16"):
                 name = {"fp16": "float16", "bf16": "bfloat16"}[variant]
-                if fp32_cache is not None:     # same bits as generating them: values rounded to nearest-even
-                    dtype = basis_mod.CACHE_DTYPES[name]
-                    basis = adopt_cache(Basis(base.segments, k, SEED, arch, cache="none"),
-                                        [t.to(dtype) for t in fp32_cache], dtype)
-                else:
-                    basis = Basis(base.segments, k, SEED, arch, cache="memory", budget_mb=1e9, cache_dtype=name)
+                basis = Basis(base.segments, k, SEED, arch, cache="memory", budget_mb=1e9, cache_dtype=name)
             elif variant == "per_layer":
                 basis = Basis(base.segments, k, SEED, arch, layout="per_layer", cache="memory", budget_mb=1e9)
             elif variant == "disk":
@@ -263,20 +257,21 @@ def bench_model(arch: str, variants: list[str], repeats: int, max_gb: float, log
                 basis = Basis(base.segments, k, SEED, arch, cache="none", budget_mb=256)
             build_s = time.perf_counter() - started
             module = build_model(arch)
+            cached = cached_blocks(basis)
+            flat = [t.reshape(-1)[:t.numel() * t.element_size() // 4 * 4 // t.element_size()].view(torch.float32)
+                    for t in cached]
             if variant == "official":
-                model = OfficialPranc(module, fp32_cache[0], basis.theta0, base.segments)
+                model = OfficialPranc(module, cached[0], basis.theta0, base.segments)
                 params = [model.alpha] + [p for p in module.parameters() if p.requires_grad]
                 expand = (lambda m: lambda a: m.theta0 + torch.matmul(m.matrix, a))(model)
                 project = (lambda m: lambda g: torch.matmul(g, m.matrix))(model)
-                stored = fp32_cache[0].numel() * 4
+                stored = model.matrix.numel() * 4
             else:
                 model = PrancModel(module, k, seed=SEED, arch=arch, cache="none")
                 model.basis = basis
                 params = [model.alpha] + model.local_parameters()
                 expand, project = basis.expand, basis.project
                 stored = basis.cache_bytes
-            flat = [t.reshape(-1)[:t.numel() * t.element_size() // 4 * 4 // t.element_size()].view(torch.float32)
-                    for t in (basis._cached or [])] if variant != "official" else [fp32_cache[0].reshape(-1)]
             built[variant] = {"basis": basis, "expand": expand, "project": project, "flat": flat,
                               "step": make_step(model, params, batch), "build_s": build_s, "stored": stored,
                               "touched": stored or 4 * basis.nonzeros}
@@ -319,7 +314,7 @@ def bench_model(arch: str, variants: list[str], repeats: int, max_gb: float, log
                    else "") + f")  step {st[v]['min_s'] * 1e3:8.1f} ms  {row['x_dense_median']:.2f}x dense "
                 f"(dense {st['dense']['min_s'] * 1e3:.1f} ms; min/min {row['x_dense_min']:.2f}x)")
         result.setdefault("group_peak_rss_increase_mb", []).append((proc_kb("VmHWM") - proc_kb("VmRSS")) / 1024)
-        del built, fns, t, steps, st, fp32_cache
+        del built, fns, t, steps, st, fp32
         gc.collect()                       # drop this process' mapping of the disk cache before the sharing test
     if "disk" in result["variants"]:
         result["sharing"] = sharing_test(arch, k, disk_path, log)
@@ -411,10 +406,10 @@ def gpu_bench(arch: str, k: int, batch, repeats: int, log) -> dict:
                 expand, project = basis.expand, basis.project
             else:
                 basis = Basis(segs, k, SEED, arch, cache="memory", budget_mb=1e9, device=dev)
-                model = OfficialPranc(build_model(arch).to(dev), basis._cached[0], basis.theta0, segs)
+                model = OfficialPranc(build_model(arch).to(dev), cached_blocks(basis)[0], basis.theta0, segs)
                 params = [model.alpha] + [p for p in model.module.parameters() if p.requires_grad]
-                expand = lambda a: model.theta0 + torch.matmul(model.matrix, a)    # noqa: E731
-                project = lambda g: torch.matmul(g, model.matrix)                   # noqa: E731
+                expand = (lambda m: lambda a: m.theta0 + torch.matmul(m.matrix, a))(model)
+                project = (lambda m: lambda g: torch.matmul(g, m.matrix))(model)
         except torch.cuda.OutOfMemoryError as e:
             out[variant] = {"error": f"out of memory: {e}"}
             continue
@@ -436,9 +431,10 @@ def precision_accuracy(out_dir: Path, config: str, overrides: list[str], dtypes:
     """Train the config's PRANC model once per cache_dtype (same seed, batches and steps) and report
     test accuracy with the basis it trained on and with the exact fp32 basis, plus how far the
     rounded basis moves theta: ||theta_lowp - theta_exact|| / ||B alpha||."""
-    from pranc_fed.config import load_config
-    from pranc_fed.data import load_dataset, make_loader, subset
-    from pranc_fed.training import build_pranc, evaluate, make_optimizer, test_loader, train_steps
+    from .config import load_config
+    from .data import load_dataset, make_loader, subset
+    from .models import build_pranc
+    from .training import evaluate, make_optimizer, test_loader, train_steps
     cfg = load_config(config, overrides)
     device = torch.device("cpu")
     bundle = load_dataset(cfg.data.dataset)
@@ -525,41 +521,3 @@ def run(out_dir: Path, models: list[str], repeats: int = 3, max_gb: float | None
     log("\n" + text)
     log(f"\nwrote {out_dir / 'bench.json'}")
     return results
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(p)
-    return p
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", type=Path, default=Path("runs/bench"), help="folder for bench.json and bench.txt")
-    p.add_argument("--models", default="lenet,resnet20,resnet56", help="comma-separated: lenet,resnet20,resnet56")
-    p.add_argument("--variants", default=None,
-                   help="comma-separated subset of official,fp32,fp16,bf16,per_layer,disk,none (default: per model)")
-    p.add_argument("--repeats", type=int, default=3, help="timed rounds per measurement (after one warm-up)")
-    p.add_argument("--max-gb", type=float, default=None, help="largest B to hold (default: 60%% of MemAvailable)")
-    p.add_argument("--accuracy", metavar="CONFIG", help="instead of timings: train CONFIG once per --dtypes and "
-                   "report the accuracy effect of a low-precision cached basis")
-    p.add_argument("--set", dest="overrides", action="append", default=[], help="config override for --accuracy")
-    p.add_argument("--dtypes", default="float32,float16,bfloat16", help="cache dtypes for --accuracy")
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.accuracy:
-        precision_accuracy(args.out, args.accuracy, args.overrides, args.dtypes.split(","))
-        return 0
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = [m for m in models if m not in SETTINGS]
-    if unknown:
-        print(f"bench: unknown model(s) {unknown}; choose from {', '.join(SETTINGS)}", file=sys.stderr)
-        return 2
-    variants = [v.strip() for v in args.variants.split(",")] if args.variants else None
-    run(args.out, models, args.repeats, args.max_gb, variants)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
