@@ -244,7 +244,9 @@ class MethodStrategy(FedAvg):
         self.state = {k: v.astype(np.float32) for k, v in new.items()}
         stats.aggregated = True
         stats.train_loss = float(np.dot(weights / weights.sum(), losses))
-        return self.method.encode_down(self.state), MetricRecord({"train-loss": stats.train_loss})
+        # Flower's contract: the aggregated arrays, here the exact global state. Not an encoding, which
+        # would spend a stochastic-rounding draw that belongs to the next broadcast.
+        return ArrayRecord({k: Array(v) for k, v in self.state.items()}), MetricRecord({"train-loss": stats.train_loss})
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
