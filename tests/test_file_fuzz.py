@@ -1,7 +1,6 @@
 """Crafted .pranc files: every one is refused with a PrancFileError (the CLI's exit 2) or read as a
 valid model, never an uncaught exception. Bounded: a fixed, seeded set of a few hundred files."""
 
-import json
 import struct
 
 import numpy as np

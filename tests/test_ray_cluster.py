@@ -27,7 +27,7 @@ def run(out: Path, *extra: str) -> tuple[dict, object]:
     for item in SMALL:
         args += ["--set", item]
     assert main(args) == 0, f"logs in {out / 'logs'}"
-    return json.loads((out / "summary.json").read_text()), read_pranc_file(out / "model.pranc")[1]["alpha"]
+    return json.loads((out / "summary.json").read_text()), read_pranc_file(out / "model.pranc").alpha
 
 
 def test_a_simulation_on_an_existing_two_node_ray_cluster_equals_a_private_one(tmp_path):
