@@ -43,6 +43,11 @@ def test_a_simulation_on_an_existing_two_node_ray_cluster_equals_a_private_one(t
         assert len(nodes) == 2 and all(n["Resources"].get("CPU") == 1 for n in nodes), nodes
 
         on_cluster, alpha = run(tmp_path / "cluster", "--ray-address", cluster.address)
+        # Every driver that connects is a job of the cluster's GCS: this test's two and the simulation's.
+        ray.init(address=cluster.address)
+        jobs = ray._private.state.jobs()  # no public call lists jobs without Ray's dashboard
+        ray.shutdown()
+        assert len(jobs) == 3, f"the simulation did not run on the cluster: {jobs}"
     finally:
         cluster.shutdown()
     private, private_alpha = run(tmp_path / "private")
