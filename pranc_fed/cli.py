@@ -137,6 +137,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0 if compare(args.config, args.overrides, out, planned=planned) else 1
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .compare import plot, rows_of_folders
+    rows = rows_of_folders(args.runs)
+    if not any(r["test_accuracy"] is not None for r in rows):
+        raise FileNotFoundError(f"no test accuracy in {', '.join(map(str, args.runs))}: nothing to plot")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    plot(rows, args.target, args.out, by_round=True)
+    print(f"wrote {args.out}")
+    return 0
+
+
 def _progress_printer(label: str):
     """progress(done, total) on stderr: one updating line on a terminal, else a line every ~10%."""
     import time
@@ -250,6 +261,13 @@ def build_parser() -> argparse.ArgumentParser:
                                        "accuracy against bytes (resumable)")
     _config_args(p)
     p.set_defaults(run=cmd_compare)
+    p = sub.add_parser("plot", help="draw test accuracy against rounds and against bytes for run folders side by side")
+    p.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR",
+                   help="folders written by simulate or deploy (rounds.csv) or by compare (comparison.csv)")
+    p.add_argument("--out", type=Path, default=Path("accuracy.png"), help="the PNG to write (default accuracy.png)")
+    p.add_argument("--target", type=float, action="append", default=[], metavar="ACCURACY",
+                   help="draw a target accuracy line (repeatable), e.g. 0.97")
+    p.set_defaults(run=cmd_plot)
     # --- inference on a .pranc file (pranc_fed/inference.py)
     p = sub.add_parser("inspect", help="show what a .pranc model file holds and verify it")
     p.add_argument("model", help="a .pranc file")

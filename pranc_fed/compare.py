@@ -297,26 +297,46 @@ def report(out: Path, targets: list[float], missing: list[str] = ()) -> None:
     plot(rows, targets, out / "accuracy_vs_bytes.png")
 
 
-def plot(rows: list[dict], targets: list[float], path: Path) -> None:
+def plot(rows: list[dict], targets: list[float], path: Path, by_round: bool = False) -> None:
+    """Test accuracy against cumulative MB (log x), one line per run; by_round adds a panel against rounds."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     groups: dict[str, list[dict]] = {}
     for r in rows:
-        groups.setdefault(f"{r['method']}-{r['setting']}", []).append(r)
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for label, rs in groups.items():
-        rs = sorted(rs, key=lambda r: r["round"])
-        ax.plot([r["cum_bytes"] / MB for r in rs], [r["test_accuracy"] for r in rs], marker="o", markersize=3,
-                label=label)
-    for target in targets:
-        ax.axhline(target, color="grey", linestyle="--", linewidth=1, label=f"target {target:.0%}")
-    ax.set_xscale("log")
-    ax.set_xlabel("cumulative MB on the wire (up + down, log scale)")
-    ax.set_ylabel("test accuracy")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+        if r["test_accuracy"] is not None:
+            groups.setdefault(f"{r['method']}-{r['setting']}" if r["setting"] else r["method"], []).append(r)
+    fig, axes = plt.subplots(1, 2 if by_round else 1, figsize=(14 if by_round else 8, 5), squeeze=False)
+    for ax, x, label in [(axes[0][-1], lambda r: r["cum_bytes"] / MB, "cumulative MB on the wire (up + down, log scale)"),
+                         *([(axes[0][0], lambda r: r["round"], "round")] if by_round else [])]:
+        for name, rs in groups.items():
+            rs = sorted(rs, key=lambda r: r["round"])
+            ax.plot([x(r) for r in rs], [r["test_accuracy"] for r in rs], marker="o", markersize=3, label=name)
+        for target in targets:
+            ax.axhline(target, color="grey", linestyle="--", linewidth=1, label=f"target {target:.0%}")
+        ax.set_xlabel(label)
+        ax.set_ylabel("test accuracy")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0][-1].set_xscale("log")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def rows_of_folders(folders: list[Path]) -> list[dict]:
+    """Rows to plot from folders that `simulate` or `deploy` wrote (rounds.csv,
+    labelled by folder name) or that `compare` wrote (comparison.csv, labelled by method and setting)."""
+    rows = []
+    for folder in folders:
+        if (folder / "comparison.csv").is_file():  # two comparisons hold runs of the same names
+            prefix = f"{folder.resolve().name}: " if len(folders) > 1 else ""
+            rows += [r | {"method": prefix + r["method"]} for r in read_csv(folder / "comparison.csv")]
+        elif (folder / "rounds.csv").is_file():
+            with (folder / "rounds.csv").open(newline="") as f:
+                rows += [_typed(r | {"method": folder.resolve().name, "setting": ""}) for r in csv.DictReader(f)]
+        else:
+            raise FileNotFoundError(f"{folder}: no rounds.csv or comparison.csv; give the folders that "
+                                    f"`pranc-fed simulate`, `deploy` or `compare` wrote")
+    return rows

@@ -4,8 +4,8 @@ A config is one YAML file whose top-level keys are the fields of `ExperimentConf
 (`name`, `seed`, `out_dir`) and its sections (`data`, `model`, `pranc`, `train`,
 `federation`, `methods`). Missing keys take the defaults below. Only two things
 override a file: `--set section.key=value` on the CLI and Flower's run config
-(`flwr run --run-config "federation.rounds=5"`, a flat dict of dotted keys, see
-`flat_overrides`). Override values are parsed as YAML, so `true`, `3`, `1e-3`,
+(`flwr run . --run-config 'overrides="federation.rounds=5 pranc.num_coeffs=1000"'`, or
+Flower's own `num-server-rounds=5`; see `flat_overrides`). Override values are parsed as YAML, so `true`, `3`, `1e-3`,
 `null` and `[1, 2]` mean what they say.
 
 Types are checked from the dataclass type hints (bool is not an int, an int is
@@ -39,6 +39,10 @@ from .pranc import ALPHA_DTYPES, MAX_NUM_COEFFS
 
 CONFIG_FILE_KEY = "config-file"  # Flower run-config key naming the YAML file
 OVERRIDES_KEY = "overrides"  # Flower run-config key holding the shell-quoted overrides of that file
+# Flower's own run-config keys (its quickstart apps') that mean what a config key means; declared in
+# pyproject.toml with 0, which leaves the YAML's value.
+FLOWER_KEYS = {"num-server-rounds": "federation.rounds", "fraction-train": "federation.fraction_train",
+               "local-epochs": "federation.local_epochs"}
 
 
 def method_names() -> tuple[str, ...]:
@@ -370,15 +374,16 @@ def flat_overrides(run_config: Mapping[str, Any]) -> list[str]:
     """Override strings from a Flower run config.
 
     Flower only accepts run-config keys declared in pyproject.toml, so overrides travel in one
-    declared key, `overrides` ("federation.rounds=5 pranc.num_coeffs=1000", shell-quoted);
-    any other dotted key ({"federation.rounds": 5}) is taken as an override too.
+    declared key, `overrides` ("federation.rounds=5 pranc.num_coeffs=1000", shell-quoted).
+    Flower's own keys (FLOWER_KEYS, e.g. num-server-rounds) override the config key they name
+    unless 0; any other dotted key ({"federation.rounds": 5}, from Python) is taken as an override too.
     """
     out = shlex.split(str(run_config.get(OVERRIDES_KEY, "")))
     for key, value in run_config.items():
-        if key in (CONFIG_FILE_KEY, OVERRIDES_KEY):
+        if key in (CONFIG_FILE_KEY, OVERRIDES_KEY) or (key in FLOWER_KEYS and value == 0):
             continue
         text = value if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).splitlines()[0]
-        out.append(f"{key}={text}")
+        out.append(f"{FLOWER_KEYS.get(key, key)}={text}")
     return out
 
 

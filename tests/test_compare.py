@@ -6,12 +6,14 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 
 from pranc_fed import cli
-from pranc_fed.compare import CSV_FIELDS, compare, is_done, plan, read_csv, report, summarize, write_csv
+from pranc_fed.compare import (CSV_FIELDS, compare, is_done, plan, read_csv, report, rows_of_folders, summarize,
+                               write_csv)
 from pranc_fed.config import ConfigError, config_to_dict
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "mnist_lenet.yaml"
@@ -209,3 +211,19 @@ def test_committed_comparison_md_is_what_its_csv_gives(folder: Path, tmp_path: P
     report(tmp_path, [float(t.rstrip("%")) / 100 for t in listed.split(", ")])
     assert (tmp_path / "comparison.md").read_text() == (folder / "comparison.md").read_text()
     assert (folder / "command.sh").exists() and (folder / "accuracy_vs_bytes.png").stat().st_size > 1000
+
+
+def test_plot_draws_run_and_comparison_folders_side_by_side(tmp_path, capsys):
+    """`pranc-fed plot` over a comparison folder and a run folder (a recorded run's rounds.csv)."""
+    results = Path(__file__).resolve().parents[1] / "docs" / "results"
+    run = tmp_path / "fedavg_fp16_run"
+    run.mkdir()
+    shutil.copy(results / "cifar10_resnet20_gpu" / "rounds_fedavg_fp16-fp16.csv", run / "rounds.csv")
+    out = tmp_path / "plots" / "accuracy.png"
+    assert cli.main(["plot", str(results / "mnist_lenet_iid_keepopt"), str(run), "--out", str(out), "--target", "0.97"]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
+    labels = {r["method"] for r in rows_of_folders([results / "mnist_lenet_iid_keepopt", run])}
+    assert "fedavg_fp16_run" in labels and "mnist_lenet_iid_keepopt: pranc" in labels, labels
+
+    assert cli.main(["plot", str(tmp_path), "--out", str(out)]) == 2
+    assert "no rounds.csv or comparison.csv" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """Tests of pranc_fed.config: YAML -> typed, validated settings."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -243,3 +244,38 @@ def test_flat_overrides_from_flower_run_config(tmp_path):
     # The one declared key `overrides` carries shell-quoted SECTION.KEY=VALUE pairs.
     cfg = config_from_run_config({"overrides": "federation.rounds=4 'data.dataset=/data/cifar 10'"})
     assert cfg.federation.rounds == 4 and cfg.data.dataset == "/data/cifar 10"
+
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCUMENTED = [ROOT / "README.md", ROOT / "pyproject.toml", ROOT / "pranc_fed" / "config.py", *sorted((ROOT / "configs").glob("*.yaml"))]
+
+
+def documented_run_configs() -> list[str]:
+    """Every `--run-config '...'` or `--run-config "..."` written in the docs, configs and pyproject."""
+    forms = [m.group(2) for path in DOCUMENTED
+             for m in re.finditer(r"--run-config (['\"])(.*?)\1", path.read_text())]
+    assert len(forms) >= 5, forms
+    return forms
+
+
+@pytest.mark.parametrize("form", documented_run_configs())
+def test_every_documented_run_config_form_is_accepted_by_flower_and_applied(form):
+    """What `flwr run . --run-config FORM` does: Flower parses the form and fuses it with the
+    app's declared keys (refusing undeclared ones), then the ServerApp builds its config."""
+    from flwr.common.config import get_fused_config_from_dir, parse_config_args
+    run_config = get_fused_config_from_dir(ROOT, parse_config_args([form]))
+    if "/path/to/" in form:  # a placeholder the user replaces: the override must reach data.dataset
+        assert "data.dataset=/path/to/cifar10" in flat_overrides(run_config)
+        return
+    cfg = config_from_run_config(run_config, ROOT)
+    base = load_config(ROOT / str(run_config["config-file"]))
+    assert cfg != base, f"{form} changed nothing"
+
+
+def test_flowers_own_keys_map_onto_the_config_and_zero_keeps_the_yaml():
+    from flwr.common.config import get_fused_config_from_dir, parse_config_args
+    fused = get_fused_config_from_dir(ROOT, parse_config_args(["num-server-rounds=7 fraction-train=0.5 local-epochs=2"]))
+    cfg = config_from_run_config(fused, ROOT)
+    assert (cfg.federation.rounds, cfg.federation.fraction_train, cfg.federation.local_epochs) == (7, 0.5, 2)
+    default = config_from_run_config(get_fused_config_from_dir(ROOT, {}), ROOT)
+    assert default == load_config(ROOT / "configs" / "mnist_lenet.yaml")
