@@ -14,6 +14,9 @@ shared local params; dense methods: the change of the weights), per round, in th
                  trimmed_mean:  per coordinate, drop the floor(trim * n) smallest and largest values,
                                 average the rest (unweighted, as Flower's FedTrimmedAvg)
                  median:        per coordinate median (unweighted, as Flower's FedMedian)
+                 krum:          score_i = sum of the squared distances from d_i to its n - f - 2
+                                nearest d_j; the `select` lowest scores are averaged with their
+                                weights (as Flower's Krum and MultiKrum; f = `byzantine`)
 
 The bound scales with the round's median norm, so it needs no tuning per model or learning rate and
 holds while honest clients are the majority. The median and the trimmed mean ignore the weights:
@@ -28,7 +31,7 @@ State = dict[str, np.ndarray]
 
 WEIGHTINGS = ("examples", "capped", "equal")
 NORM_BOUNDS = ("none", "clip", "drop")
-AGGREGATIONS = ("mean", "trimmed_mean", "median")
+AGGREGATIONS = ("mean", "trimmed_mean", "median", "krum")
 SERVER_OPTIMIZERS = ("avg", "avgm", "adam")
 
 
@@ -64,11 +67,15 @@ def bound_norms(deltas: list[State], rule: str, factor: float) -> tuple[list[Sta
     raise ValueError(f"unknown norm bound {rule!r}; choose one of {', '.join(NORM_BOUNDS)}")
 
 
-def combine(deltas: list[State], weights: np.ndarray, rule: str, trim: float) -> State:
+def combine(deltas: list[State], weights: np.ndarray, rule: str, trim: float = 0.0, byzantine: int = 0,
+            select: int = 1) -> State:
     """Step 3: one delta from several, per key."""
     if rule == "mean":
         w = np.asarray(weights, dtype=np.float64) / np.sum(weights)
         return {k: sum(wi * d[k] for wi, d in zip(w, deltas)).astype(np.float32) for k in deltas[0]}
+    if rule == "krum":
+        chosen = krum_select(deltas, byzantine, select)
+        return combine([deltas[i] for i in chosen], np.asarray(weights)[chosen], "mean")
     stacked = {k: np.stack([d[k] for d in deltas]) for k in deltas[0]}
     if rule == "median":
         return {k: np.median(v, axis=0).astype(np.float32) for k, v in stacked.items()}
@@ -76,6 +83,16 @@ def combine(deltas: list[State], weights: np.ndarray, rule: str, trim: float) ->
         cut = int(trim * len(deltas))
         return {k: np.sort(v, axis=0)[cut:len(deltas) - cut].mean(axis=0).astype(np.float32) for k, v in stacked.items()}
     raise ValueError(f"unknown aggregation {rule!r}; choose one of {', '.join(AGGREGATIONS)}")
+
+
+def krum_select(deltas: list[State], byzantine: int, select: int) -> np.ndarray:
+    """Indices of the `select` deltas with the lowest Krum scores (Blanchard et al. 2017), in score order."""
+    flat = np.stack([np.concatenate([d[k].ravel() for k in sorted(d)]).astype(np.float64) for d in deltas])
+    squared = np.square(flat).sum(axis=1)
+    distances = np.maximum(squared[:, None] + squared[None, :] - 2 * flat @ flat.T, 0)
+    closest = max(1, len(deltas) - byzantine - 2)
+    scores = [np.sort(np.delete(row, i))[:closest].sum() for i, row in enumerate(distances)]
+    return np.argsort(scores, kind="stable")[:select]
 
 
 class ServerOptimizer:

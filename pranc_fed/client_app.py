@@ -22,6 +22,7 @@ from .training import evaluate, federated_train_sets, resolve_device, train_step
 
 APP_DIR = Path(__file__).resolve().parents[1]
 MEMORY_KEY = "method-memory"
+PARTITION_SENT_KEY = "partition-sent"
 
 app = ClientApp()
 
@@ -85,6 +86,15 @@ def _start(msg: Message, context: Context) -> tuple[Node, dict[str, np.ndarray]]
     return node, memory
 
 
+def _metrics(context: Context, values: dict[str, int | float]) -> MetricRecord:
+    """A reply's metrics; a node's first reply of a run also says which data partition it holds, so the
+    server's ledger can name it (a Flower node id says nothing about the data)."""
+    if PARTITION_SENT_KEY not in context.state:
+        context.state[PARTITION_SENT_KEY] = ConfigRecord({"sent": True})
+        values = values | {"partition-id": int(context.node_config["partition-id"])}
+    return MetricRecord(values)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     node, memory = _start(msg, context)
@@ -105,7 +115,7 @@ def train(msg: Message, context: Context) -> Message:
         keep_optimizer(optimizer, memory)
     if memory:
         context.state[MEMORY_KEY] = ArrayRecord({k: Array(v) for k, v in memory.items()})
-    metrics = MetricRecord({"num-examples": len(node.train), "train-loss": float(np.mean(losses))})
+    metrics = _metrics(context, {"num-examples": len(node.train), "train-loss": float(np.mean(losses))})
     content = RecordDict({"arrays": reply, "metrics": metrics,
                           "config": ConfigRecord({"fingerprint": node.fingerprint})})
     return Message(content=content, reply_to=msg)
@@ -116,7 +126,7 @@ def evaluate_val(msg: Message, context: Context) -> Message:
     node, memory = _start(msg, context)
     node.method.load_down(node.model, msg.content["arrays"], memory)
     loss, accuracy = evaluate(node.model, make_loader(node.val, 1000, shuffle=False, seed=0), node.device)
-    metrics = MetricRecord({"num-examples": max(len(node.val), 1), "val-loss": loss, "val-accuracy": accuracy})
+    metrics = _metrics(context, {"num-examples": max(len(node.val), 1), "val-loss": loss, "val-accuracy": accuracy})
     return Message(content=RecordDict({"metrics": metrics, "config": ConfigRecord({"fingerprint": node.fingerprint})}),
                    reply_to=msg)
 

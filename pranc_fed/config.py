@@ -139,8 +139,10 @@ class FederationConfig:
     weight_cap: float = _f(2.0, ge=1)  # capped: a reply weighs at most this x the round's median claimed num-examples
     norm_bound: str = _f("none", choices=NORM_BOUNDS)  # clip or drop updates longer than norm_factor x the median
     norm_factor: float = _f(3.0, ge=1)  # the bound, in multiples of the round's median update norm
-    aggregation: str = _f("mean", choices=AGGREGATIONS)  # mean | trimmed_mean | median, per coordinate
+    aggregation: str = _f("mean", choices=AGGREGATIONS)  # mean | trimmed_mean | median (per coordinate) | krum
     trim_fraction: float = _f(0.2, ge=0, lt=0.5)  # trimmed_mean: share cut from each end (floor(trim x replies))
+    krum_byzantine: int = _f(1, ge=0, le=10**6)  # krum: f, the attackers it assumes (scores use the n - f - 2 nearest)
+    krum_select: int = _f(1, ge=1, le=10**6)  # krum: replies averaged (1 = Krum, more = Multi-Krum)
 
     def __post_init__(self) -> None:
         if self.method == "fedpm" and (self.aggregation != "mean" or self.norm_bound != "none"):

@@ -28,7 +28,7 @@ from .training import evaluate, federated_train_sets, resolve_device, test_loade
 
 APP_DIR = Path(__file__).resolve().parents[1]
 CHECKPOINT = "checkpoint.npz"  # the server's state after the last complete round (--resume)
-LEDGER_FIELDS = ["round", "node", "phase", "direction", "bytes"]
+LEDGER_FIELDS = ["round", "node", "partition", "phase", "direction", "bytes"]
 ROUND_FIELDS = ["round", "clients", "received", "dropped", "up_bytes", "down_bytes", "cum_up_bytes",
                 "cum_down_bytes", "cum_bytes", "train_loss", "val_accuracy", "test_accuracy", "test_loss", "wall_seconds"]
 

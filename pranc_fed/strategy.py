@@ -24,7 +24,9 @@ from .methods.base import record_bytes
 log = logging.getLogger("pranc_fed.strategy")
 
 # The metrics a reply may carry, per phase; anything else is dropped with the reply.
-REPLY_METRICS = {"train": ("num-examples", "train-loss"), "evaluate": ("num-examples", "val-loss", "val-accuracy")}
+# partition-id comes once per node and run, so ledger.csv can name the partition behind a node id.
+REPLY_METRICS = {"train": ("num-examples", "train-loss", "partition-id"),
+                 "evaluate": ("num-examples", "val-loss", "val-accuracy", "partition-id")}
 
 
 def content_size(content: RecordDict) -> int:
@@ -66,7 +68,8 @@ class MethodStrategy(FedAvg):
         self.optimizer = ServerOptimizer(fed.server_optimizer, fed.server_lr, fed.server_momentum)
         self.rng = random.Random(cfg.seed)
         self.rounds: list[RoundStats] = []
-        self.ledger: list[dict] = []  # one row per message: round, node, phase, direction, bytes
+        self.ledger: list[dict] = []  # one row per message: round, node, partition, phase, direction, bytes
+        self.partitions: dict[int, int] = {}  # node -> the data partition it said it holds
         self.sent: list[Message] = []  # this phase's instructions (Flower sets their ids when it pushes them)
         self.server_memory: dict[str, np.ndarray] = {}  # the method's own server state (feedback, posteriors)
         self.node_periods: dict[int, int] = {}  # node -> the method's period its last accepted reply was in
@@ -111,6 +114,7 @@ class MethodStrategy(FedAvg):
         self.rng.setstate((version, tuple(internal), gauss))
         self.rounds = [RoundStats(**r) for r in meta["rounds"]]
         self.ledger = meta["ledger"]
+        self.partitions = {row["node"]: row["partition"] for row in self.ledger if row.get("partition", "") != ""}
         self.node_periods = {int(k): v for k, v in meta["node_periods"].items()}
         self.method.restore(meta["method"])
 
@@ -135,7 +139,8 @@ class MethodStrategy(FedAvg):
                                   "config": config})
             size = record_bytes(content)
             total += size
-            self.ledger.append({"round": server_round, "node": node, "phase": phase, "direction": "down", "bytes": size})
+            self.ledger.append({"round": server_round, "node": node, "partition": self.partitions.get(node, ""),
+                                "phase": phase, "direction": "down", "bytes": size})
             self.sent.append(Message(content=content, message_type=message_type, dst_node_id=node))
         if phase == "train":
             stats.sampled, stats.down_bytes = len(nodes), total
@@ -173,6 +178,9 @@ class MethodStrategy(FedAvg):
                 raise InvalidReply(f"unexpected metric {quoted(key)}; known: {', '.join(REPLY_METRICS[phase])}")
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
                 raise InvalidReply(f"metric {key!r} is {quoted(value)}, not a finite number")
+        partition = metrics.get("partition-id", 0)
+        if not isinstance(partition, int) or not 0 <= partition < self.cfg.federation.num_clients:
+            raise InvalidReply(f"partition-id {partition!r} is not an integer in [0, {self.cfg.federation.num_clients})")
         examples = metrics.get("num-examples")
         if not isinstance(examples, int) or isinstance(examples, bool) or not 0 < examples <= self.cfg.federation.max_num_examples:
             raise InvalidReply(f"num-examples {examples!r} is not an integer in [1, {self.cfg.federation.max_num_examples}]")
@@ -191,7 +199,8 @@ class MethodStrategy(FedAvg):
             size = 0 if msg.has_error() else content_size(msg.content)
             oversized = size > self.max_reply_bytes  # then refused before any of it is re-serialised or decoded
             size = size if oversized else size and record_bytes(msg.content)
-            self.ledger.append({"round": server_round, "node": node, "phase": phase, "direction": "up", "bytes": size})
+            self.ledger.append({"round": server_round, "node": node, "partition": self.partitions.get(node, ""),
+                                "phase": phase, "direction": "up", "bytes": size})
             if phase == "train":
                 stats.up_bytes += size
             else:
@@ -205,10 +214,19 @@ class MethodStrategy(FedAvg):
             except Exception as e:  # noqa: BLE001 - whatever a reply holds, it is dropped, never the run
                 self._drop(server_round, phase, node, e)
             else:
+                if "partition-id" in metrics:
+                    self._name_partition(node, int(metrics["partition-id"]))
                 yield node, examples, metrics, msg.content.get("arrays")
         for node in sorted(silent):
             self._drop(server_round, phase, node, InvalidReply(
                 f"no reply within federation.round_timeout ({self.cfg.federation.round_timeout:g} s)"))
+
+    def _name_partition(self, node: int, partition: int) -> None:
+        """Label the node's ledger rows, earlier ones of this run included, with its partition."""
+        self.partitions[node] = partition
+        for row in self.ledger:
+            if row["node"] == node:
+                row["partition"] = partition
 
     def _drop(self, server_round: int, phase: str, node: int, reason: Exception) -> None:
         text = str(reason) if isinstance(reason, InvalidReply) else f"{type(reason).__name__}: {quoted(str(reason))}"

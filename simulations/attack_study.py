@@ -34,6 +34,7 @@ RULES = {
     "clip+cap": ["federation.aggregation=mean", "federation.client_weighting=capped", "federation.norm_bound=clip"],
     "median": ["federation.aggregation=median"],
     "trimmed": ["federation.aggregation=trimmed_mean", "federation.trim_fraction=0.34"],
+    "multikrum": ["federation.aggregation=krum"],  # f = the share's attackers, m = n - f (rule_settings)
 }
 FIELDS = ["share", "attack", "rule", "final_test_accuracy", "change_vs_no_attack", "dropped_replies", "rounds_aggregated"]
 
@@ -51,6 +52,13 @@ def make_app(folder: Path, attack: str, attackers: list[int], max_examples: int)
     return folder
 
 
+def rule_settings(rule: str, settings: list[str], clients: int, attackers: list[int]) -> list[str]:
+    """Multi-Krum is told how many attackers to expect (Flower's num_malicious_nodes) and averages the rest."""
+    if rule != "multikrum":
+        return settings
+    return [*settings, f"federation.krum_byzantine={len(attackers)}", f"federation.krum_select={clients - len(attackers)}"]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(ROOT / "configs" / "mnist_lenet.yaml"))
@@ -62,7 +70,8 @@ def main() -> int:
     for share, (clients, attackers) in SHARES.items():
         for attack in ATTACKS:
             for rule, settings in RULES.items():
-                overrides = [*BASE, f"federation.num_clients={clients}", *settings, *args.overrides,
+                overrides = [*BASE, f"federation.num_clients={clients}", *rule_settings(rule, settings, clients, attackers),
+                             *args.overrides,
                              f"name=attack-{share}-{attack}-{rule}"]
                 cfg = load_config(args.config, overrides)
                 run_out = out / share / attack / rule

@@ -48,6 +48,27 @@ def test_median_and_trimmed_mean_ignore_one_extreme_per_coordinate():
                                aggregation.combine(rows, w, "mean", 0)["w"], rtol=1e-6)
 
 
+@pytest.mark.parametrize("byzantine, select", [(0, 1), (1, 1), (1, 3), (2, 2)])
+def test_krum_selects_what_flowers_multikrum_selects(byzantine, select):
+    from flwr.app import Array, ArrayRecord, RecordDict
+    from flwr.serverapp.strategy.multikrum import select_multikrum
+    rng = np.random.default_rng(byzantine * 10 + select)
+    rows = [{"a": rng.normal(size=5).astype(np.float32), "b": rng.normal(size=(2, 3)).astype(np.float32)}
+            for _ in range(7)]
+    rows[2]["a"] *= 40  # an outlier, so the choice is not a coin toss
+    contents = [RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in r.items()})}) for r in rows]
+    theirs = select_multikrum(contents, num_malicious_nodes=byzantine, num_nodes_to_select=select)
+    ours = aggregation.krum_select(rows, byzantine, select)
+    assert [contents.index(c) for c in theirs] == list(ours) and 2 not in ours
+
+
+def test_multi_krum_averages_the_chosen_replies_with_their_weights():
+    rows = deltas([1.0], [1.2], [0.8], [500.0])
+    combined = aggregation.combine(rows, np.array([1.0, 1.0, 2.0, 1.0]), "krum", byzantine=1, select=3)
+    np.testing.assert_allclose(combined["w"], [(1.0 + 1.2 + 2 * 0.8) / 4])
+    np.testing.assert_allclose(aggregation.combine(rows, np.ones(4), "krum", byzantine=1)["w"], [1.0])
+
+
 def test_weighted_mean():
     np.testing.assert_allclose(aggregation.combine(deltas([1.0], [4.0]), np.array([1.0, 3.0]), "mean", 0)["w"], [3.25])
 

@@ -125,6 +125,8 @@ def test_simulation_end_to_end(tmp_path):
     assert (tmp_path / "model.pranc").stat().st_size < 2000
     ledger = list(csv.DictReader((tmp_path / "ledger.csv").open()))
     assert len(ledger) == 2 * 3 * 2  # rounds x clients x directions
+    partition_of = {row["node"]: row["partition"] for row in ledger}
+    assert sorted(partition_of.values()) == ["0", "1", "2"] and all(row["partition"] != "" for row in ledger)
 
 
 def test_a_malformed_quantised_reply_is_dropped_by_the_strategy() -> None:
@@ -143,7 +145,7 @@ def test_a_malformed_quantised_reply_is_dropped_by_the_strategy() -> None:
 
 @pytest.mark.parametrize("bad", ["list-metric", "nan-metric", "unknown-metric", "string-metric", "extra-config",
                                  "oversized-array", "oversized-string",
-                                 "decoder-crash", "log-forgery"])
+                                 "decoder-crash", "log-forgery", "foreign-partition"])
 def test_no_reply_can_crash_the_server_or_forge_its_log(bad, monkeypatch, caplog):
     """Whatever one reply holds, it is dropped with its reason; the other replies aggregate."""
     strategy, _ = make_strategy()
@@ -173,6 +175,8 @@ def test_no_reply_can_crash_the_server_or_forge_its_log(bad, monkeypatch, caplog
         config["fingerprint"] = ["x" * 1000] * 1000
     elif bad == "log-forgery":
         config["fingerprint"] = "x\n[pranc-fed] round 12/12  test acc 0.9999\n"
+    elif bad == "foreign-partition":
+        metrics["partition-id"] = 10**6
     strategy.aggregate_train(1, [reply(1, strategy, good), msg])
     np.testing.assert_array_equal(strategy.state["alpha"], good)
     reason = strategy.rounds[-1].dropped["2"]
@@ -233,8 +237,15 @@ def test_a_killed_run_resumes_to_the_same_final_model(tmp_path):
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"resumed after round {done}" in resumed.stdout
     assert (killed / "model.pranc").read_bytes() == (whole / "model.pranc").read_bytes()
-    rounds = lambda folder: [{k: v for k, v in r.items() if k != "wall_seconds"}  # noqa: E731
+    uplink = ("up_bytes", "cum_up_bytes", "cum_bytes")
+    rounds = lambda folder: [{k: v for k, v in r.items() if k not in ("wall_seconds", *uplink)}  # noqa: E731
                              for r in csv.DictReader((folder / "rounds.csv").open())]
     assert rounds(killed) == rounds(whole)
+    # Only the uplink differs: each client names its partition in its first reply of a run, so the
+    # resumed run's first round carries those few bytes again.
+    up = lambda folder: [int(r["up_bytes"]) for r in csv.DictReader((folder / "rounds.csv").open())]  # noqa: E731
+    extra = [k - w for k, w in zip(up(killed), up(whole))]
+    assert extra[done] > 0 and extra[:done] + extra[done + 1:] == [0, 0], extra
+    assert extra[done] < 2 * 64, extra
     ledger = lambda folder: list(csv.DictReader((folder / "ledger.csv").open()))  # noqa: E731
     assert len(ledger(killed)) == len(ledger(whole)) == 3 * 2 * 2

@@ -169,7 +169,9 @@ class Method(ABC):
         (aggregation.py; mean: weighted by `weights`), applied by the server optimiser. memory persists on
         the server between rounds."""
         fed = self.cfg.federation
-        return optimizer.step(state, aggregation.combine(replies, weights, fed.aggregation, fed.trim_fraction))
+        combined = aggregation.combine(replies, weights, fed.aggregation, fed.trim_fraction, fed.krum_byzantine,
+                                       fed.krum_select)
+        return optimizer.step(state, combined)
 
     def begin_round(self, state: State, server_round: int, memory: dict) -> State:
         """The server's state as a training round starts (re-seeded PRANC folds a finished period here)."""
