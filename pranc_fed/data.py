@@ -78,6 +78,8 @@ DEFAULT_TEST_FRACTION = 0.2
 HF_PREFIX = "hf:"
 IMAGE_COLUMNS = ("image", "img")  # the usual names on the Hugging Face Hub
 LABEL_COLUMNS = ("label", "labels", "fine_label")
+# (H, W) of the sources whose images all have one size: asking for it is no resize (and no second cache file)
+FIXED_SIZES = {"mnist": (28, 28), "mnist-raw": (28, 28), "cifar10": (32, 32), "cifar100": (32, 32)}
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 FASHION_MNIST_CLASSES = (
@@ -341,7 +343,7 @@ def _checked_image_size(size: Sequence[int] | None) -> tuple[int, int] | None:
 def _load_cached(source: str, options: LoadOptions) -> DatasetBundle:
     size = options.image_size
     if source == "mnist":
-        return _bundle(source, _mnist_package_arrays(size))
+        return _bundle(source, _mnist_package_arrays(None if size == FIXED_SIZES["mnist"] else size))
     if source.startswith(HF_PREFIX):
         return _bundle(source, _hf_arrays(source, _hub_dataset(source[len(HF_PREFIX):]), options))
     root = Path(source)
@@ -358,6 +360,7 @@ def _load_cached(source: str, options: LoadOptions) -> DatasetBundle:
         key = f"{kind}|{folder}|{len(files.train)}|{len(files.test)}|{files.newest_mtime}|size={size}{split}"
         arrays = _disk_cached(key, folder.name, lambda: _read_imagefolder(folder, files, size))
     else:
+        size = None if size == FIXED_SIZES[kind] else size
         stamp = max((p.stat().st_mtime_ns, p.stat().st_size) for p in folder.iterdir())
         key = f"{kind}|{folder}|{stamp}|size={size}"
         reader = {"mnist-raw": _read_mnist_raw, "cifar10": _read_cifar10, "cifar100": _read_cifar100}[kind]

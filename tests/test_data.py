@@ -313,6 +313,16 @@ def test_load_configured_passes_the_data_keys(tmp_path: Path) -> None:
     assert b.preprocessing.input_shape == (3, 4, 4) and len(b.test) == 10
 
 
+def test_preflight_tells_to_resize_images_the_model_cannot_take(tmp_path: Path) -> None:
+    from pranc_fed.cli import preflight
+    from pranc_fed.config import ConfigError, config_from_dict
+    root = _class_tree(tmp_path / "zoo", sizes=((12, 12),))
+    _clear_process_cache()
+    with pytest.raises(ConfigError, match=r"3x12x12 images .* built for 28x28: set data.image_size=\[28, 28\]"):
+        preflight(config_from_dict({"data": {"dataset": str(root)}}))
+    preflight(config_from_dict({"data": {"dataset": str(root), "image_size": [28, 28]}}))
+
+
 # ---------------------------------------------------------------- Hugging Face
 
 
