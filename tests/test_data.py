@@ -433,6 +433,8 @@ def test_torchvision_fashion_mnist_raw(tmp_path: Path) -> None:
     b = load_dataset(tmp_path)
     assert b.train.images.shape == (12, 1, 28, 28) and b.test.labels.tolist() == [0, 1, 2, 3]
     assert b.preprocessing.class_names[0] == "T-shirt/top"
+    assert load_dataset(tmp_path, image_size=[32, 30]).train.images.shape == (12, 1, 32, 30)
+    assert torch.equal(load_dataset(tmp_path, image_size=[28, 28]).train.images, b.train.images)  # its own size
 
 
 def test_torchvision_cifar10_and_ambiguous_root(tmp_path: Path) -> None:
