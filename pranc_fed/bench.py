@@ -432,12 +432,12 @@ def precision_accuracy(out_dir: Path, config: str, overrides: list[str], dtypes:
     test accuracy with the basis it trained on and with the exact fp32 basis, plus how far the
     rounded basis moves theta: ||theta_lowp - theta_exact|| / ||B alpha||."""
     from .config import load_config
-    from .data import load_dataset, make_loader, subset
+    from .data import load_configured, make_loader, subset
     from .models import build_pranc
     from .training import evaluate, make_optimizer, test_loader, train_steps
     cfg = load_config(config, overrides)
     device = torch.device("cpu")
-    bundle = load_dataset(cfg.data.dataset)
+    bundle = load_configured(cfg.data)
     train = bundle.train if cfg.data.train_subset is None else subset(bundle.train, cfg.data.train_subset, cfg.seed)
     tests = test_loader(cfg, bundle)
     rows = {}

@@ -13,8 +13,8 @@ import torch
 
 from .basis import FingerprintMismatch, covered_segments, make_blocks
 from .config import ConfigError, ExperimentConfig, load_config
-from .data import DatasetError, load_dataset
-from .models import build_model, describe_models, model_args
+from .data import DatasetError, load_configured
+from .models import MODELS, build_model, describe_models, model_args
 from .pranc import PrancFileError
 from .training import resolve_device
 
@@ -49,7 +49,7 @@ def preflight(cfg: ExperimentConfig, centralised: bool = False) -> None:
     process starts: the dataset, the device, the architecture and its input shape, and the size of
     the basis (of train.mode when centralised, else of federation.method). Each failure is a one-line
     ConfigError (DatasetError for the data)."""
-    bundle = load_dataset(cfg.data.dataset)
+    bundle = load_configured(cfg.data)
     try:
         resolve_device(cfg.train.device)
     except RuntimeError as e:
@@ -64,8 +64,10 @@ def preflight(cfg: ExperimentConfig, centralised: bool = False) -> None:
         with torch.device("meta"):
             module(torch.empty(2, *shape))
     except RuntimeError as e:
+        _, h, w = MODELS[cfg.model.arch.lower()].input_shape
         raise ConfigError(f"model.arch {cfg.model.arch!r} cannot take the {'x'.join(map(str, shape))} images of "
-                          f"{cfg.data.dataset!r} ({str(e).splitlines()[0]}); pick an architecture for this input "
+                          f"{cfg.data.dataset!r} ({str(e).splitlines()[0]}); it is built for {h}x{w}: set "
+                          f"data.image_size=[{h}, {w}] to resize them, or pick an architecture for this input "
                           "(`pranc-fed models` lists them)") from None
     if (cfg.train.mode if centralised else cfg.federation.method) == "pranc":
         p = cfg.pranc

@@ -15,7 +15,7 @@ from flwr.clientapp import ClientApp
 
 from .basis import FingerprintMismatch
 from .config import ExperimentConfig, config_from_dict, config_from_run_config, config_to_dict
-from .data import TensorImageDataset, client_split, load_dataset, make_loader, partition_indices
+from .data import TensorImageDataset, client_split, load_configured, make_loader, partition_indices
 from .methods import Method, get_method
 from .methods.base import keep_optimizer, restore_optimizer
 from .training import evaluate, federated_train_sets, resolve_device, train_steps
@@ -45,14 +45,14 @@ def _model(config_json: str) -> tuple[ExperimentConfig, Method, torch.nn.Module,
     cfg = config_from_dict(json.loads(config_json))
     device = resolve_device(cfg.train.device)
     method = get_method(cfg)
-    return cfg, method, method.build_model(load_dataset(cfg.data.dataset), device), device
+    return cfg, method, method.build_model(load_configured(cfg.data), device), device
 
 
 @functools.lru_cache(maxsize=64)
 def _partition(config_json: str, partition_id: int, num_partitions: int) -> tuple[TensorImageDataset, TensorImageDataset]:
     cfg = config_from_dict(json.loads(config_json))
     d = cfg.data
-    train, _ = federated_train_sets(cfg, load_dataset(d.dataset))
+    train, _ = federated_train_sets(cfg, load_configured(d))
     parts = partition_indices(train.labels.numpy(), num_partitions, d.partition, cfg.seed,
                               d.dirichlet_alpha, d.classes_per_client)
     train_idx, val_idx = client_split(parts[partition_id], d.val_fraction, cfg.seed + partition_id)

@@ -34,7 +34,7 @@ import yaml
 from .codecs import CODECS, ROUNDINGS
 from .aggregation import AGGREGATIONS, NORM_BOUNDS, SERVER_OPTIMIZERS, WEIGHTINGS
 from .basis import CACHE_DTYPES, CACHES, LAYOUTS
-from .data import PARTITION_SCHEMES
+from .data import DEFAULT_TEST_FRACTION, PARTITION_SCHEMES
 from .pranc import ALPHA_DTYPES, MAX_NUM_COEFFS
 
 CONFIG_FILE_KEY = "config-file"  # Flower run-config key naming the YAML file
@@ -68,7 +68,12 @@ def _f(default: Any, **rules: Any) -> Any:
 
 @dataclass
 class DataConfig:
-    dataset: str = _f("mnist")  # "mnist" (embedded, offline) or a path to a torchvision root / ImageFolder tree
+    dataset: str = _f("mnist")  # "mnist" (embedded, offline); a folder: ImageFolder tree (train/, test/), class folders <class>/*.jpg, save_to_disk'd Hugging Face dataset or torchvision root; or "hf:NAME" from the local Hugging Face cache
+    image_size: list[int] | None = _f(None, ge=1)  # [height, width] every image is resized to when decoded (null = the files' own size); model.arch must take it
+    test_fraction: float = _f(DEFAULT_TEST_FRACTION, gt=0, lt=1)  # share of each class held out as the test set when the data has no test split
+    split_seed: int = _f(0, ge=0)  # seed of that split; apart from `seed` so that every run tests on the same images
+    image_column: str | None = _f(None)  # Hugging Face image column (null = image or img)
+    label_column: str | None = _f(None)  # Hugging Face label column (null = label, labels or fine_label)
     partition: str = _f("iid", choices=PARTITION_SCHEMES)  # how training data is split over clients
     dirichlet_alpha: float = _f(0.5, gt=0)  # label skew of `dirichlet`: smaller = more non-IID
     classes_per_client: int = _f(2, ge=1)  # labels each client holds under `pathological`

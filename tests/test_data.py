@@ -13,12 +13,15 @@ from torch.utils.data import Subset
 from pranc_fed import data
 from pranc_fed.data import (
     DatasetError,
+    LoadOptions,
     Preprocessing,
     TensorImageDataset,
     client_split,
+    load_configured,
     load_dataset,
     make_loader,
     partition_indices,
+    stratified_split,
     subset,
 )
 
@@ -220,6 +223,196 @@ def test_unknown_name() -> None:
     assert isinstance(e.value, ValueError)
 
 
+# ------------------------------------------------------- class folders, no split
+
+
+def _class_tree(root: Path, counts=(10, 10, 5), sizes=((8, 6), (12, 12), (5, 9))) -> Path:
+    """root/<class>/*.png and *.jpg, of mixed sizes; every image different (its index is in pixel 0)."""
+    rng = np.random.default_rng(1)
+    k = 0
+    for c, n in zip(("ant", "bee", "cow"), counts):
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            w, h = sizes[i % len(sizes)]
+            pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            pixels[0, 0] = (k, k, k)
+            Image.fromarray(pixels).save(root / c / f"{i}.{'png' if i % 2 else 'jpg'}")
+            k += 1
+    return root
+
+
+def test_class_folders_split_stratified_disjoint_and_seeded(tmp_path: Path) -> None:
+    root = _class_tree(tmp_path / "zoo")
+    files = data._class_folder_files(root, LoadOptions(test_fraction=0.2, split_seed=3))
+    test_classes = [c for c, _ in files.test]
+    assert (test_classes.count("ant"), test_classes.count("bee"), test_classes.count("cow")) == (2, 2, 1)
+    assert not {f for _, f in files.train} & {f for _, f in files.test}
+    assert len(files.train) + len(files.test) == 25
+    assert data._class_folder_files(root, LoadOptions(test_fraction=0.2, split_seed=3)) == files
+    assert data._class_folder_files(root, LoadOptions(test_fraction=0.2, split_seed=4)).test != files.test
+
+    _clear_process_cache()
+    b = load_dataset(root, test_fraction=0.2, split_seed=3)
+    assert (len(b.train), len(b.test)) == (20, 5) and b.preprocessing.class_names == ("ant", "bee", "cow")
+    assert b.train.images.shape[2:] == (6, 8)  # the most common size; the others are resized to it
+    train_rows = {bytes(x) for x in b.train.images.numpy()}
+    assert not any(bytes(x) in train_rows for x in b.test.images.numpy())
+    assert torch.equal(load_dataset(root, test_fraction=0.2, split_seed=3).test.images, b.test.images)
+    assert len(load_dataset(root, test_fraction=0.4, split_seed=3).test) == 10  # another split, not the cached one
+
+
+def test_stratified_split_keeps_a_training_example_per_class_and_refuses_empty_tests() -> None:
+    train, test = stratified_split(np.array([0, 0, 1, 2, 2, 2]), 0.5, seed=0)
+    assert sorted(np.concatenate([train, test]).tolist()) == list(range(6))
+    assert 2 in train and len(test) == 3  # class 1 (one example) stays in training
+    with pytest.raises(DatasetError, match="too few examples.*data.test_fraction"):
+        stratified_split(np.array([0, 1, 2]), 0.2, seed=0)
+    with pytest.raises(DatasetError, match="data.test_fraction must be between 0 and 1"):
+        stratified_split(np.array([0, 0]), 1.0, seed=0)
+
+
+def test_train_folder_without_test_folder_says_both_ways(tmp_path: Path) -> None:
+    _class_tree(tmp_path / "ds" / "train")
+    with pytest.raises(DatasetError, match="no test/ folder.*class folders right under"):
+        load_dataset(tmp_path / "ds")
+
+
+# ------------------------------------------------------------------ image_size
+
+
+def test_image_size_resizes_every_source_and_matches_predict(tmp_path: Path) -> None:
+    root = _class_tree(tmp_path / "zoo")
+    _clear_process_cache()
+    b = load_dataset(root, image_size=[5, 7])
+    assert b.train.images.shape[1:] == (3, 5, 7) and b.preprocessing.input_shape == (3, 5, 7)
+    assert load_dataset(root).train.images.shape[2:] == (6, 8)  # the size is part of the cache key
+    # predict prepares a new image exactly as training decoded it (Preprocessing.image_to_uint8)
+    prep = Preprocessing.from_dict(json.loads(json.dumps(b.preprocessing.to_dict())))
+    files = data._class_folder_files(root, LoadOptions())
+    with Image.open(files.train[1][1]) as im:
+        assert np.array_equal(prep.image_to_uint8(im), b.train.images[1].numpy())
+
+    grid = np.arange(16, dtype=np.uint8).reshape(1, 1, 4, 4).repeat(2, 0)
+    arrays = data._arrays(grid, [0, 1], grid[:1], [0], ["a", "b"])
+    assert data._resized(arrays, (8, 6))["train_x"].shape == (2, 1, 8, 6)
+    assert data._resized(arrays, None) is arrays
+
+
+@pytest.mark.parametrize("size", [[0, 4], [4], [4, 4, 3], [4.5, 4]])
+def test_bad_image_size_names_the_key(tmp_path: Path, size) -> None:
+    with pytest.raises(DatasetError, match=r"data.image_size must be \[height, width\]"):
+        load_dataset(_class_tree(tmp_path / "zoo"), image_size=size)
+
+
+def test_load_configured_passes_the_data_keys(tmp_path: Path) -> None:
+    from pranc_fed.config import config_from_dict
+    root = _class_tree(tmp_path / "zoo")
+    cfg = config_from_dict({"data": {"dataset": str(root), "image_size": [4, 4], "test_fraction": 0.4}})
+    _clear_process_cache()
+    b = load_configured(cfg.data)
+    assert b.preprocessing.input_shape == (3, 4, 4) and len(b.test) == 10
+
+
+def test_preflight_tells_to_resize_images_the_model_cannot_take(tmp_path: Path) -> None:
+    from pranc_fed.cli import preflight
+    from pranc_fed.config import ConfigError, config_from_dict
+    root = _class_tree(tmp_path / "zoo", sizes=((12, 12),))
+    _clear_process_cache()
+    with pytest.raises(ConfigError, match=r"3x12x12 images .* built for 28x28: set data.image_size=\[28, 28\]"):
+        preflight(config_from_dict({"data": {"dataset": str(root)}}))
+    preflight(config_from_dict({"data": {"dataset": str(root), "image_size": [28, 28]}}))
+
+
+# ---------------------------------------------------------------- Hugging Face
+
+
+def _hf_dataset(n: int = 12, image: str = "image", label: str = "label", size=(6, 5)):
+    import datasets
+    rng = np.random.default_rng(2)
+    images = [Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)) for _ in range(n)]
+    features = datasets.Features({image: datasets.Image(), label: datasets.ClassLabel(names=["no", "yes"])})
+    return datasets.Dataset.from_dict({image: images, label: [i % 2 for i in range(n)]}, features=features)
+
+
+def test_hf_dataset_dict_on_disk_uses_its_splits(tmp_path: Path, private_cache: Path, monkeypatch) -> None:
+    import datasets
+    datasets.DatasetDict({"train": _hf_dataset(10), "test": _hf_dataset(4)}).save_to_disk(tmp_path / "dd")
+    _clear_process_cache()
+    b = load_dataset(tmp_path / "dd")
+    assert (len(b.train), len(b.test)) == (10, 4) and b.preprocessing.class_names == ("no", "yes")
+    assert b.train.images.shape[1:] == (3, 5, 6) and b.test.labels.tolist() == [0, 1, 0, 1]
+    image = _hf_dataset(10)[3]["image"]  # the same pixels (same generator seed)
+    assert np.array_equal(b.preprocessing.image_to_uint8(image), b.train.images[3].numpy())
+    assert len(list(private_cache.glob("hf-dd-*.npz"))) == 1
+    _clear_process_cache()
+    monkeypatch.setattr(data, "_read_hf", lambda *a: pytest.fail("decoded again instead of using cache"))
+    assert torch.equal(load_dataset(tmp_path / "dd").train.images, b.train.images)
+
+
+def test_hf_single_split_other_columns_is_split_automatically(tmp_path: Path) -> None:
+    _hf_dataset(20, image="img", label="fine_label").save_to_disk(tmp_path / "one")
+    _clear_process_cache()
+    b = load_dataset(tmp_path / "one", image_size=[3, 3], test_fraction=0.2)
+    assert (len(b.train), len(b.test)) == (16, 4) and b.test.labels.tolist().count(1) == 2
+    assert b.preprocessing.input_shape == (3, 3, 3)
+
+    _hf_dataset(20, image="picture", label="kind").save_to_disk(tmp_path / "odd")
+    _clear_process_cache()
+    assert len(load_dataset(tmp_path / "odd", image_column="picture", label_column="kind").train) == 16
+    # one Image and one ClassLabel column are found without names
+    assert len(load_dataset(tmp_path / "odd").train) == 16
+
+
+def test_hf_bad_columns_and_labels_say_what_to_set(tmp_path: Path) -> None:
+    import datasets
+    ds = _hf_dataset(6)
+    ds.add_column("caption", ["x"] * 6).save_to_disk(tmp_path / "cap")
+    _clear_process_cache()
+    with pytest.raises(DatasetError, match="data.image_column='nope' is not a column"):
+        load_dataset(tmp_path / "cap", image_column="nope")
+    with pytest.raises(DatasetError, match="column 'caption' .* not images.*data.image_column"):
+        load_dataset(tmp_path / "cap", image_column="caption")
+    ds.cast_column("label", datasets.Value("int64")).rename_column("label", "target").add_column(
+        "other", [0] * 6).save_to_disk(tmp_path / "nolabel")
+    with pytest.raises(DatasetError, match="no label/labels/fine_label column.*data.label_column"):
+        load_dataset(tmp_path / "nolabel")
+    unlabelled = _hf_dataset(4).cast_column("label", datasets.Value("int64")).map(lambda r: {"label": -1})
+    datasets.DatasetDict({"train": _hf_dataset(6), "test": unlabelled}).save_to_disk(tmp_path / "unl")
+    with pytest.raises(DatasetError, match=r"test split .* labels \[-1\] outside"):
+        load_dataset(tmp_path / "unl")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "state.json").write_text("{}")
+    with pytest.raises(DatasetError, match="saved Hugging Face dataset but cannot be loaded"):
+        load_dataset(tmp_path / "broken")
+
+
+def _hub_cache(cache: Path, repo: str, splits: dict) -> None:
+    """What datasets.load_dataset(repo) leaves in HF_DATASETS_CACHE: <ns>___<name>/<config>/<version>/<hash>/
+    <name>-<split>.arrow and dataset_info.json."""
+    namespace, name = repo.split("/")
+    snapshot = cache / f"{namespace}___{name}" / "default" / "0.0.0" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    for split, ds in splits.items():
+        ds.save_to_disk(cache / "saved" / split)
+        (cache / "saved" / split / "data-00000-of-00001.arrow").rename(snapshot / f"{name}-{split}.arrow")
+    info = json.loads((cache / "saved" / "train" / "dataset_info.json").read_text())
+    info.update(config_name="default", splits={s: {"name": s, "num_examples": len(d)} for s, d in splits.items()})
+    (snapshot / "dataset_info.json").write_text(json.dumps(info))
+
+
+def test_hf_name_loads_from_the_local_cache_only(tmp_path: Path, monkeypatch) -> None:
+    import datasets
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    _hub_cache(tmp_path / "hf", "someone/tiny", {"train": _hf_dataset(8), "test": _hf_dataset(4)})
+    offline = datasets.config.HF_HUB_OFFLINE
+    _clear_process_cache()
+    b = load_dataset("hf:someone/tiny")
+    assert (len(b.train), len(b.test), b.source) == (8, 4, "hf:someone/tiny")
+    assert datasets.config.HF_HUB_OFFLINE == offline  # forced only during the call
+    with pytest.raises(DatasetError, match="'someone/absent' is not in the local cache.*load_dataset\\('someone/absent'\\)"):
+        load_dataset("hf:someone/absent")
+
+
 # ------------------------------------------------------------ torchvision layouts
 
 
@@ -240,6 +433,8 @@ def test_torchvision_fashion_mnist_raw(tmp_path: Path) -> None:
     b = load_dataset(tmp_path)
     assert b.train.images.shape == (12, 1, 28, 28) and b.test.labels.tolist() == [0, 1, 2, 3]
     assert b.preprocessing.class_names[0] == "T-shirt/top"
+    assert load_dataset(tmp_path, image_size=[32, 30]).train.images.shape == (12, 1, 32, 30)
+    assert torch.equal(load_dataset(tmp_path, image_size=[28, 28]).train.images, b.train.images)  # its own size
 
 
 def test_torchvision_cifar10_and_ambiguous_root(tmp_path: Path) -> None:

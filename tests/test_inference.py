@@ -226,10 +226,11 @@ def test_bad_inputs_exit_2(trained, tmp_path: Path, capsys) -> None:
     (tmp_path / "empty").mkdir()
     rc, _, err = _run(capsys, "predict", path, tmp_path / "empty")
     assert rc == 2 and "holds no images" in err
-    # a dataset of another shape (RGB 32x32 ImageFolder) than the model's 1x28x28
+    # a dataset of another shape (RGB 32x32 ImageFolder) than the model's 1x28x28: decoded at the
+    # model's 28x28, as predict does, but its colour channels do not fit
     for split in ("train", "test"):
         for c in ("cat", "dog"):
             (tmp_path / "rgb" / split / c).mkdir(parents=True)
             Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "rgb" / split / c / "x.png")
     rc, _, err = _run(capsys, "evaluate", path, "--data", tmp_path / "rgb")
-    assert rc == 2 and "3x32x32 images but the model takes 1x28x28" in err
+    assert rc == 2 and "3x28x28 images but the model takes 1x28x28" in err
