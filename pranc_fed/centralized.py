@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from .config import ExperimentConfig
-from .data import load_dataset, make_loader, subset
+from .data import load_configured, make_loader, subset
 from .models import build_dense, build_pranc
 from .pranc import PrancModel
 from .results import parameter_counts, save_results
@@ -17,7 +17,7 @@ from .training import evaluate, make_optimizer, resolve_device, test_loader, tra
 def train_centralized(cfg: ExperimentConfig, out_dir: Path, log=print) -> dict:
     """`pranc-fed train`: PRANC (alpha + local params) or the dense model on the whole train set."""
     device = resolve_device(cfg.train.device)
-    bundle = load_dataset(cfg.data.dataset)
+    bundle = load_configured(cfg.data)
     train = bundle.train if cfg.data.train_subset is None else subset(bundle.train, cfg.data.train_subset, cfg.seed)
     started = time.perf_counter()
     model = build_pranc(cfg, bundle, device) if cfg.train.mode == "pranc" else build_dense(cfg, bundle, device)

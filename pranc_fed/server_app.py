@@ -19,7 +19,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from . import atomic_write
 from .config import ConfigError, ExperimentConfig, config_from_dict, config_from_run_config, config_to_dict
-from .data import load_dataset, make_loader
+from .data import load_configured, make_loader
 from .methods import get_method
 from .pranc import PrancModel
 from .results import parameter_counts, save_results
@@ -52,7 +52,7 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     device = resolve_device(cfg.train.device)
-    bundle = load_dataset(cfg.data.dataset)
+    bundle = load_configured(cfg.data)
     method = get_method(cfg)
     model = method.build_model(bundle, device)
     fingerprint = method.fingerprint(model)
