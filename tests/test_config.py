@@ -145,7 +145,7 @@ def test_wrong_types(override, expected):
         (f"train.lr={10**400}", r"train.lr: .* is not a finite number"),
         ("pranc.num_coeffs=1000000000000", r"pranc.num_coeffs: 1000000000000 .*<= 100000000"),
         ("federation.num_clients=10000000", r"federation.num_clients: 10000000 .*<= 1000000"),
-        ("federation.aggregation=krum", r"federation.aggregation: 'krum' is not allowed; choose one of mean, trimmed_mean, median"),
+        ("federation.aggregation=bulyan", r"federation.aggregation: 'bulyan' is not allowed; choose one of mean, trimmed_mean, median, krum"),
         ("federation.trim_fraction=0.5", r"federation.trim_fraction: 0.5 .*< 0.5"),
     ],
 )
