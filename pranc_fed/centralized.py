@@ -27,7 +27,7 @@ def train_centralized(cfg: ExperimentConfig, out_dir: Path, log=print) -> dict:
     log(f"training {cfg.model.arch} ({cfg.train.mode}) on {len(train)} examples, device {device}")
     for epoch in range(1, cfg.train.epochs + 1):
         loader = make_loader(train, cfg.train.batch_size, shuffle=True, seed=cfg.seed + epoch)
-        train_loss, _ = train_steps(model, loader, optimizer, device)
+        train_loss, _ = train_steps(model, loader, optimizer, device, desc=f"epoch {epoch}/{cfg.train.epochs}")
         test_loss, test_acc = evaluate(model, tests, device)
         best = max(best, test_acc)
         history.append({"epoch": epoch, "train_loss": train_loss, "test_loss": test_loss, "test_accuracy": test_acc,
