@@ -1,11 +1,19 @@
-"""Progress bars of the training loop: only on a terminal."""
+"""Progress bars (only on a terminal) and the metrics trackers of logging.report_to (loggers.py)."""
 
 import io
+import json
+import warnings
 
+import pytest
 import torch
 from torch import nn
 
+from pranc_fed import loggers
+from pranc_fed.centralized import train_centralized
+from pranc_fed.config import ConfigError, load_config
 from pranc_fed.training import train_steps
+
+TRAIN = ["train.epochs=2", "data.train_subset=256", "data.test_subset=128", "pranc.num_coeffs=50", "train.device=cpu"]
 
 
 class Terminal(io.StringIO):
@@ -31,3 +39,55 @@ def test_progress_shows_on_a_terminal():
     tiny_steps(desc="epoch 1/2", bar_file=terminal, max_steps=4)
     assert terminal.getvalue().startswith("\repoch 1/2:   0%|          | 0/4 [")
     assert terminal.getvalue().endswith("\r")  # leave=False: the epoch's log line takes the bar's place
+
+
+def scalars(folder) -> dict[str, list[tuple[int, float]]]:
+    """{tag: [(step, value), ...]} of the TensorBoard event files in folder."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def as_logged(rows: list[dict], step_key: str) -> dict[str, list[tuple[int, float]]]:
+    """What the rows should read as in TensorBoard: one scalar per number column but the step."""
+    return {k: [(int(r[step_key]), pytest.approx(float(r[k]), rel=1e-6)) for r in rows if r[k] not in ("", None)]
+            for k in rows[0] if k != step_key and any(r[k] not in ("", None) for r in rows)}
+
+
+def test_train_reports_every_epoch_to_tensorboard(tmp_path):
+    pytest.importorskip("tensorboard")
+    cfg = load_config("configs/mnist_lenet.yaml", [*TRAIN, "logging.report_to=[tensorboard]"])
+    summary = train_centralized(cfg, tmp_path, log=lambda *_: None)
+    assert scalars(tmp_path / "tensorboard") == as_logged(summary["history"], "epoch")
+
+
+@pytest.mark.parametrize("fails_in", ["__init__", "log"])
+def test_a_failing_tracker_warns_once_and_the_run_goes_on(fails_in, tmp_path, monkeypatch):
+    pytest.importorskip("tensorboard")
+
+    class Broken(loggers.TensorBoardLogger):
+        def __init__(self, cfg, out):
+            if fails_in == "__init__":
+                raise PermissionError("not logged in")
+            super().__init__(cfg, out)
+
+        def log(self, metrics, step):
+            raise ConnectionError("quota exceeded")
+
+    monkeypatch.setitem(loggers.TRACKERS, "tensorboard", Broken)
+    cfg = load_config("configs/mnist_lenet.yaml", [*TRAIN, "logging.report_to=[tensorboard]"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train_centralized(cfg, tmp_path, log=lambda *_: None)
+    assert [str(w.message).split(" (")[0] for w in caught] == ["tensorboard logging failed and is off for the rest "
+                                                               "of this run"]
+    assert len(json.loads((tmp_path / "summary.json").read_text())["history"]) == 2
+
+
+def test_a_tracker_that_is_not_installed_is_a_config_error_before_training(tmp_path, monkeypatch):
+    monkeypatch.setattr(loggers.importlib.util, "find_spec", lambda name: None)
+    cfg = load_config(None, ["logging.report_to=[tensorboard, wandb]"])
+    with pytest.raises(ConfigError, match="pip install tensorboard wandb"):
+        train_centralized(cfg, tmp_path)
+    assert not any(tmp_path.iterdir())
