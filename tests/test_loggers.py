@@ -1,5 +1,6 @@
 """Progress bars (only on a terminal) and the metrics trackers of logging.report_to (loggers.py)."""
 
+import csv
 import io
 import json
 import warnings
@@ -10,7 +11,9 @@ from torch import nn
 
 from pranc_fed import loggers
 from pranc_fed.centralized import train_centralized
-from pranc_fed.config import ConfigError, load_config
+from pranc_fed.config import ConfigError, config_to_dict, load_config
+from pranc_fed.runner import simulate
+from pranc_fed.server_app import CHECKPOINT, check_resume
 from pranc_fed.training import train_steps
 
 TRAIN = ["train.epochs=2", "data.train_subset=256", "data.test_subset=128", "pranc.num_coeffs=50", "train.device=cpu"]
@@ -62,6 +65,16 @@ def test_train_reports_every_epoch_to_tensorboard(tmp_path):
     assert scalars(tmp_path / "tensorboard") == as_logged(summary["history"], "epoch")
 
 
+def test_simulation_reports_the_rows_of_rounds_csv_to_tensorboard(tmp_path):
+    pytest.importorskip("tensorboard")
+    overrides = ["federation.rounds=2", "federation.num_clients=2", "pranc.num_coeffs=100", "data.train_subset=600",
+                 "data.test_subset=200", "data.server_val_size=100", "logging.report_to=[tensorboard]"]
+    assert simulate("configs/mnist_lenet.yaml", overrides, load_config("configs/mnist_lenet.yaml", overrides), tmp_path)
+    rows = list(csv.DictReader((tmp_path / "rounds.csv").open()))
+    logged = scalars(tmp_path / "tensorboard")
+    assert logged == as_logged(rows, "round") and len(logged["test_accuracy"]) == 2 and "val_accuracy" in logged
+
+
 @pytest.mark.parametrize("fails_in", ["__init__", "log"])
 def test_a_failing_tracker_warns_once_and_the_run_goes_on(fails_in, tmp_path, monkeypatch):
     pytest.importorskip("tensorboard")
@@ -91,3 +104,9 @@ def test_a_tracker_that_is_not_installed_is_a_config_error_before_training(tmp_p
     with pytest.raises(ConfigError, match="pip install tensorboard wandb"):
         train_centralized(cfg, tmp_path)
     assert not any(tmp_path.iterdir())
+
+
+def test_a_run_resumes_with_other_trackers(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(config_to_dict(load_config(None))))
+    (tmp_path / CHECKPOINT).touch()
+    assert check_resume(load_config(None, ["logging.report_to=[tensorboard]", "logging.project=other"]), tmp_path)
