@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .config import ExperimentConfig
 from .data import load_configured, make_loader, subset
+from .loggers import MetricLoggers
 from .models import build_dense, build_pranc
 from .pranc import PrancModel
 from .results import parameter_counts, save_results
@@ -16,6 +17,7 @@ from .training import evaluate, make_optimizer, resolve_device, test_loader, tra
 
 def train_centralized(cfg: ExperimentConfig, out_dir: Path, log=print) -> dict:
     """`pranc-fed train`: PRANC (alpha + local params) or the dense model on the whole train set."""
+    trackers = MetricLoggers(cfg, out_dir, step_key="epoch")  # first: a tracker that is not installed fails now
     device = resolve_device(cfg.train.device)
     bundle = load_configured(cfg.data)
     train = bundle.train if cfg.data.train_subset is None else subset(bundle.train, cfg.data.train_subset, cfg.seed)
@@ -27,13 +29,15 @@ def train_centralized(cfg: ExperimentConfig, out_dir: Path, log=print) -> dict:
     log(f"training {cfg.model.arch} ({cfg.train.mode}) on {len(train)} examples, device {device}")
     for epoch in range(1, cfg.train.epochs + 1):
         loader = make_loader(train, cfg.train.batch_size, shuffle=True, seed=cfg.seed + epoch)
-        train_loss, _ = train_steps(model, loader, optimizer, device)
+        train_loss, _ = train_steps(model, loader, optimizer, device, desc=f"epoch {epoch}/{cfg.train.epochs}")
         test_loss, test_acc = evaluate(model, tests, device)
         best = max(best, test_acc)
         history.append({"epoch": epoch, "train_loss": train_loss, "test_loss": test_loss, "test_accuracy": test_acc,
                         "wall_seconds": time.perf_counter() - started})
+        trackers.log(history[-1])
         log(f"epoch {epoch}/{cfg.train.epochs}  train loss {train_loss:.4f}  test loss {test_loss:.4f}  "
             f"test acc {test_acc:.4f}  {history[-1]['wall_seconds']:.0f}s")
+    trackers.close()
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = {
         "mode": cfg.train.mode, "arch": cfg.model.arch, "dataset": cfg.data.dataset,

@@ -2,7 +2,7 @@
 
 A config is one YAML file whose top-level keys are the fields of `ExperimentConfig`
 (`name`, `seed`, `out_dir`) and its sections (`data`, `model`, `pranc`, `train`,
-`federation`, `methods`). Missing keys take the defaults below. Only two things
+`federation`, `methods`, `logging`). Missing keys take the defaults below. Only two things
 override a file: `--set section.key=value` on the CLI and Flower's run config
 (`flwr run . --run-config 'overrides="federation.rounds=5 pranc.num_coeffs=1000"'`, or
 Flower's own `num-server-rounds=5`; see `flat_overrides`). Override values are parsed as YAML, so `true`, `3`, `1e-3`,
@@ -174,6 +174,15 @@ class MethodsConfig:
 
 
 @dataclass
+class LoggingConfig:
+    # Trackers that also get rounds.csv's rows (or `pranc-fed train`'s epochs), besides the files of
+    # out_dir: tensorboard (OUT/tensorboard; pip install tensorboard), wandb, mlflow (OUT/mlruns unless
+    # MLFLOW_TRACKING_URI is set). Any run: --set 'logging.report_to=[tensorboard]'
+    report_to: list[str] = _f([], choices=("tensorboard", "wandb", "mlflow"))
+    project: str = _f("pranc-fed")  # W&B project / MLflow experiment the runs go to
+
+
+@dataclass
 class ExperimentConfig:
     name: str = _f("experiment")  # names the run and its output folder
     seed: int = _f(0, ge=0, lt=2**64)  # data partitioning, shuffling, client sampling, torch init
@@ -184,6 +193,7 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     methods: MethodsConfig = field(default_factory=MethodsConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def resolved_out_dir(self) -> Path:
         """`out_dir` with "{name}" replaced by `name`."""

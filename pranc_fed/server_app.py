@@ -20,6 +20,7 @@ from flwr.serverapp import Grid, ServerApp
 from . import atomic_write
 from .config import ConfigError, ExperimentConfig, config_from_dict, config_from_run_config, config_to_dict
 from .data import load_configured, make_loader
+from .loggers import MetricLoggers
 from .methods import get_method
 from .pranc import PrancModel
 from .results import parameter_counts, save_results
@@ -50,6 +51,7 @@ def main(grid: Grid, context: Context) -> None:
 
 def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
+    trackers = MetricLoggers(cfg, out, step_key="round")  # first: a tracker that is not installed fails now
     started = time.perf_counter()
     device = resolve_device(cfg.train.device)
     bundle = load_configured(cfg.data)
@@ -68,12 +70,14 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path) -> dict:
           + (f"; resumed after round {len(rows)}" if rows else ""), flush=True)
 
     def record(server_round: int) -> None:
-        """Central evaluation, then rounds.csv, ledger.csv and the checkpoint, each replaced atomically."""
+        """Central evaluation, then rounds.csv, ledger.csv and the checkpoint, each replaced atomically;
+        the trackers of logging.report_to get the same row."""
         method.load_state(model, strategy.state)
         loss, accuracy = evaluate(model, tests, device)
         val_accuracy = None if validation is None else evaluate(model, validation, device)[1]
         rows.append(_round_row(strategy, server_round, loss, accuracy, val_accuracy, rows, time.perf_counter() - started))
         atomic_write(out / "rounds.csv", lambda f: _write_csv(f, rows, ROUND_FIELDS))
+        trackers.log(rows[-1])
         atomic_write(out / "ledger.csv", lambda f: _write_csv(f, strategy.ledger, LEDGER_FIELDS))
         arrays, meta = strategy.checkpoint()
         atomic_write(out / CHECKPOINT, lambda f: np.savez(f, **arrays, meta=np.array(json.dumps(meta | {"rows": rows}))))
@@ -83,6 +87,7 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path) -> dict:
               f"  test acc {accuracy:.4f}  loss {loss:.4f}  {r['wall_seconds']:.0f}s", flush=True)
 
     strategy.run(grid, len(rows) + 1, cfg.federation.rounds, cfg.federation.round_timeout, record)
+    trackers.close()
 
     method.load_state(model, strategy.state)
     summary = _summary(cfg, strategy, rows, model, fingerprint, time.perf_counter() - started)
@@ -153,10 +158,11 @@ def _resume(cfg: ExperimentConfig, strategy: MethodStrategy, out: Path) -> list[
 
 
 def _without_resume(cfg: ExperimentConfig) -> dict:
-    """What must match to resume: everything but the flag, the folder (it may move) and the rounds
-    (more rounds extend a run)."""
+    """What must match to resume: everything but the flag, the folder (it may move), the rounds
+    (more rounds extend a run) and where metrics are reported."""
     d = config_to_dict(cfg)
     d.pop("out_dir")
+    d.pop("logging")
     d["federation"].pop("resume")
     d["federation"].pop("rounds")
     return d

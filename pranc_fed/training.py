@@ -4,9 +4,11 @@ client and the server's central evaluation."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TextIO
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from .config import ExperimentConfig
 from .data import DatasetBundle, TensorImageDataset, hold_out, make_loader, subset
@@ -34,20 +36,25 @@ def make_optimizer(model: nn.Module, cfg: ExperimentConfig) -> torch.optim.Optim
 
 
 def train_steps(model: nn.Module, loader, optimizer: torch.optim.Optimizer, device: torch.device,
-                max_steps: int | None = None) -> tuple[float, int]:
-    """One pass over loader (or max_steps batches); returns (mean loss, examples seen)."""
+                max_steps: int | None = None, desc: str = "train", bar_file: TextIO | None = None) -> tuple[float, int]:
+    """One pass over loader (or max_steps batches); returns (mean loss, examples seen). A progress bar
+    goes to bar_file (stderr) only when it is a terminal, so Flower's client logs stay as they are."""
     model.train()
     total_loss, seen = 0.0, 0
-    for step, (x, y) in enumerate(loader):
-        if max_steps is not None and step >= max_steps:
-            break
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        optimizer.zero_grad(set_to_none=True)
-        loss = nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        optimizer.step()
-        total_loss += loss.item() * len(y)
-        seen += len(y)
+    steps = len(loader) if max_steps is None else min(len(loader), max_steps)
+    with tqdm(total=steps, desc=desc, unit="batch", file=bar_file, disable=None, leave=False) as bar:
+        for step, (x, y) in enumerate(loader):
+            if max_steps is not None and step >= max_steps:
+                break
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            optimizer.zero_grad(set_to_none=True)
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
+            total_loss += loss.item() * len(y)
+            seen += len(y)
+            bar.set_postfix_str(f"loss {total_loss / seen:.4f}", refresh=False)
+            bar.update()
     return total_loss / max(seen, 1), seen
 
 
