@@ -46,9 +46,11 @@ def _check_resume(cfg: ExperimentConfig, out: Path) -> None:
 
 def preflight(cfg: ExperimentConfig, centralised: bool = False) -> None:
     """What would otherwise fail inside a run, minutes later and only in its log, checked before any
-    process starts: the dataset, the device, the architecture and its input shape, and the size of
-    the basis (of train.mode when centralised, else of federation.method). Each failure is a one-line
-    ConfigError (DatasetError for the data)."""
+    process starts: the trackers of logging.report_to, the dataset, the device, the architecture and its
+    input shape, and the size of the basis (of train.mode when centralised, else of federation.method).
+    Each failure is a one-line ConfigError (DatasetError for the data)."""
+    from .loggers import check_installed
+    check_installed(cfg)
     bundle = load_configured(cfg.data)
     try:
         resolve_device(cfg.train.device)

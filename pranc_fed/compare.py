@@ -97,7 +97,7 @@ def _codec_overrides(codecs: str) -> list[str]:
 NOT_RUN_SETTINGS = ("out_dir", "methods.compare", "methods.compare_num_coeffs", "methods.compare_codecs",
                     "methods.compare_reseed_periods",
                     "methods.target_accuracy",
-                    "methods.lr_search", "methods.lr_search_rounds")
+                    "methods.lr_search", "methods.lr_search_rounds", "logging")
 
 
 def _run_settings(cfg: ExperimentConfig) -> dict:

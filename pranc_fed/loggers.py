@@ -57,16 +57,22 @@ class MlflowLogger:
 TRACKERS = {"tensorboard": TensorBoardLogger, "wandb": WandbLogger, "mlflow": MlflowLogger}
 
 
+def check_installed(cfg: ExperimentConfig) -> list[str]:
+    """The trackers logging.report_to names, once each; a ConfigError if one is not installed."""
+    names = list(dict.fromkeys(cfg.logging.report_to))
+    missing = [name for name in names if importlib.util.find_spec(name) is None]  # each is its package's name
+    if missing:
+        raise ConfigError(f"logging.report_to asks for {', '.join(missing)}, which is not installed: "
+                          f"pip install {' '.join(missing)}")
+    return names
+
+
 class MetricLoggers:
     """The trackers of logging.report_to, fed one row per round (or epoch); step_key names the row's
     step column, and every other number in the row becomes a scalar of that name."""
 
     def __init__(self, cfg: ExperimentConfig, out: Path, step_key: str):
-        names = list(dict.fromkeys(cfg.logging.report_to))
-        missing = [name for name in names if importlib.util.find_spec(name) is None]  # each is its package's name
-        if missing:
-            raise ConfigError(f"logging.report_to asks for {', '.join(missing)}, which is not installed: "
-                              f"pip install {' '.join(missing)}")
+        names = check_installed(cfg)
         self.step_key, self.trackers = step_key, {}
         for name in names:
             tracker = self._guard(name, TRACKERS[name], cfg, out)
