@@ -173,12 +173,6 @@ class OfficialPranc(nn.Module):
         return functional_call(self.module, params, (x,), strict=False)
 
 
-def cached_blocks(basis: Basis) -> list[torch.Tensor]:
-    """basis's cached copy, one tensor per block ([] without a cache), to time torch.sum over the very
-    bytes a product reads and to hand the official approach the same fp32 matrix. Read, never replaced."""
-    return basis._cached or []
-
-
 def make_step(model: nn.Module, params, batch: tuple[torch.Tensor, torch.Tensor]):
     opt = torch.optim.Adam(params, lr=1e-3)
     x, y = batch
@@ -257,7 +251,7 @@ def bench_model(arch: str, variants: list[str], repeats: int, max_gb: float, log
                 basis = Basis(base.segments, k, SEED, arch, cache="none", budget_mb=256)
             build_s = time.perf_counter() - started
             module = build_model(arch)
-            cached = cached_blocks(basis)
+            cached = basis.cached_blocks
             flat = [t.reshape(-1)[:t.numel() * t.element_size() // 4 * 4 // t.element_size()].view(torch.float32)
                     for t in cached]
             if variant == "official":
@@ -406,7 +400,7 @@ def gpu_bench(arch: str, k: int, batch, repeats: int, log) -> dict:
                 expand, project = basis.expand, basis.project
             else:
                 basis = Basis(segs, k, SEED, arch, cache="memory", budget_mb=1e9, device=dev)
-                model = OfficialPranc(build_model(arch).to(dev), cached_blocks(basis)[0], basis.theta0, segs)
+                model = OfficialPranc(build_model(arch).to(dev), basis.cached_blocks[0], basis.theta0, segs)
                 params = [model.alpha] + [p for p in model.module.parameters() if p.requires_grad]
                 expand = (lambda m: lambda a: m.theta0 + torch.matmul(m.matrix, a))(model)
                 project = (lambda m: lambda g: torch.matmul(g, m.matrix))(model)

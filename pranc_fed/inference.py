@@ -344,6 +344,8 @@ def inspect_model(source: str | Path | PrancFile) -> dict[str, Any]:
     Raises PrancFileError (truncated, corrupted, unknown architecture) or FingerprintMismatch.
     """
     file = as_pranc_file(source)  # reading verifies the sha256 checksum
+    if not registered(file.arch):
+        return _inspect_outside_registry(file)
     module = build_module(file, "meta")
     segments = covered_segments(module)
     basis = _StreamingBasis(segments, file.num_coeffs, period_seed(file.seed, file.periods), file.arch, file.layout)
@@ -373,6 +375,35 @@ def inspect_model(source: str | Path | PrancFile) -> dict[str, Any]:
     }
 
 
+def registered(arch: str) -> bool:
+    from .models import MODELS
+    return arch.lower() in MODELS
+
+
+def _inspect_outside_registry(file: PrancFile) -> dict[str, Any]:
+    """A file saved from a module the registry does not know (PrancModel(module, K) without arch=): what
+    the header and tensors say; the fingerprint can be checked only by PrancModel.load with the module."""
+    local = file.local_state
+    local_values = sum(t.numel() for t in local.values() if t.is_floating_point())
+    dim = file.header["dim"]
+    return {
+        "path": str(file.path), "file_bytes": file.nbytes, "checksum": "ok", "file_format": FILE_FORMAT,
+        "spec": file.spec, "arch": file.arch, "model_args": file.model_args, "seed": file.seed,
+        "periods": file.periods, "history_bytes": 0 if file.history is None else file.history.numel() * 4,
+        "num_coeffs": file.num_coeffs, "layout": file.layout, "fingerprint": file.fingerprint,
+        "fingerprint_verified": False,
+        "alpha_dtype": str(file.alpha.dtype).removeprefix("torch."),
+        "alpha_bytes": file.alpha.numel() * file.alpha.element_size(),
+        "local_tensors": len(local), "local_values": local_values,
+        "local_bytes": sum(t.numel() * t.element_size() for t in local.values()),
+        "covered_params": dim, "total_params": dim + local_values,
+        "dense_state_dict_bytes": None, "dense_over_file": None,
+        "preprocessing": file.preprocessing, "metadata": file.metadata,
+        "note": f"architecture {file.arch!r} is not in pranc_fed.models: load it in Python with "
+                f"PrancModel.load(path, module=YourModule()), which also checks the fingerprint",
+    }
+
+
 def format_inspection(info: dict[str, Any]) -> str:
     prep = info["preprocessing"]
     args = ", ".join(f"{k}={v}" for k, v in info["model_args"].items())
@@ -388,7 +419,8 @@ def format_inspection(info: dict[str, Any]) -> str:
         ("format", f"pranc file format {info['file_format']}, basis spec v{info['spec']}"),
         ("architecture", f"{info['arch']} ({args})" if args else info["arch"]),
         ("basis", f"seed {info['seed']}, K = {info['num_coeffs']:,}, layout {info['layout']}"),
-        ("fingerprint", f"{info['fingerprint']} (regenerated from the seed: ok)"),
+        ("fingerprint", f"{info['fingerprint']} " + ("(regenerated from the seed: ok)" if info["fingerprint_verified"]
+                                                      else "(not checked: the architecture is not in the registry)")),
         ("alpha", f"{info['num_coeffs']:,} x {info['alpha_dtype']} ({info['alpha_bytes']:,} bytes)"),
         *([("periods", f"{info['periods']} re-seeded periods: history of {info['periods']} x {info['num_coeffs']:,} "
                         f"float32 ({info['history_bytes']:,} bytes)")] if info["periods"] else []),
@@ -396,12 +428,14 @@ def format_inspection(info: dict[str, Any]) -> str:
                          f"({info['local_bytes']:,} bytes)" if info["local_tensors"] else "none"),
         ("expands to", f"{info['total_params']:,} parameters ({info['covered_params']:,} from the basis + "
                        f"{info['local_values']:,} local)"),
-        ("dense model", f"{info['dense_state_dict_bytes']:,} bytes as torch.save(state_dict): "
-                        f"this file is {info['dense_over_file']:.1f}x smaller"),
+        *([("dense model", f"{info['dense_state_dict_bytes']:,} bytes as torch.save(state_dict): "
+                           f"this file is {info['dense_over_file']:.1f}x smaller")] if info["dense_state_dict_bytes"] else []),
         ("preprocessing", prep_line),
     ]
     if info["metadata"]:
         rows.append(("metadata", ", ".join(f"{k}={v}" for k, v in info["metadata"].items())))
+    if info.get("note"):
+        rows.append(("note", info["note"]))
     return "\n".join(f"{k:<14} {v}" for k, v in rows)
 
 

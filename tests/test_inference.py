@@ -7,13 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from PIL import Image
 
 from pranc_fed.basis import Basis, FingerprintMismatch, covered_segments
 from pranc_fed.cli import main
 from pranc_fed.config import load_config
 from pranc_fed.data import load_dataset
-from pranc_fed.inference import OnTheFlyModel, _StreamingBasis, load_model, read_preprocessing
+from pranc_fed.inference import OnTheFlyModel, _StreamingBasis, inspect_model, load_model, read_preprocessing
 from pranc_fed.models import build_model
 from pranc_fed.pranc import PrancModel, read_pranc_file, write_pranc_bytes
 
@@ -234,3 +235,27 @@ def test_bad_inputs_exit_2(trained, tmp_path: Path, capsys) -> None:
             Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "rgb" / split / c / "x.png")
     rc, _, err = _run(capsys, "evaluate", path, "--data", tmp_path / "rgb")
     assert rc == 2 and "3x28x28 images but the model takes 1x28x28" in err
+
+
+def test_inspect_opens_a_file_saved_from_a_module_outside_the_registry(tmp_path, capsys):
+    """PrancModel(module, K) without arch= records the class name; inspect reports the file and says why
+    it cannot check the fingerprint, and PrancModel.load with the module restores it exactly."""
+    class TinyNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.bn, self.fc2 = nn.Linear(8, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc2(self.bn(self.fc1(x)))
+
+    model = PrancModel(TinyNet(), 20, seed=3)
+    with torch.no_grad():
+        model.alpha.normal_()
+    path = tmp_path / "tiny.pranc"
+    model.save(path)
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "tinynet" in out and "not checked" in out and "PrancModel.load(path, module=" in out
+    info = inspect_model(path)
+    assert info["covered_params"] == 8 * 4 + 4 + 4 * 2 + 2 and not info["fingerprint_verified"]
+    assert torch.equal(PrancModel.load(path, module=TinyNet()).alpha, model.alpha)

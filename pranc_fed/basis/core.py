@@ -126,6 +126,12 @@ class Basis:
         return self._cached is not None
 
     @property
+    def cached_blocks(self) -> tuple[torch.Tensor, ...]:
+        """The cached copy of B, one tensor per block (empty when B is streamed or generated in-kernel):
+        for benchmarks that time the very bytes a product reads. Read-only by contract."""
+        return tuple(self._cached or ())
+
+    @property
     def cache_bytes(self) -> int:
         """Bytes of the cached copy (0 when B is streamed or generated in-kernel)."""
         return sum(t.numel() * t.element_size() for t in self._cached) if self._cached is not None else 0
