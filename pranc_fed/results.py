@@ -1,10 +1,16 @@
-"""What a finished run leaves in its folder: the trained model and summary.json, written the same
-way by `pranc-fed train` (centralized.py) and the ServerApp (server_app.py)."""
+"""What a run leaves in its folder. After every federated round (RunRecorder, driven by the strategy):
+rounds.csv, ledger.csv and checkpoint.npz. At the end of any run: the trained model and summary.json,
+written the same way by `pranc-fed train` (centralized.py) and the ServerApp (server_app.py)."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 from torch import nn
@@ -14,6 +20,71 @@ from .config import ExperimentConfig
 from .data import DatasetBundle
 from .models import count_parameters, model_args
 from .pranc import PrancModel
+
+if TYPE_CHECKING:
+    from .loggers import MetricLoggers
+    from .strategy import MethodStrategy
+
+CHECKPOINT = "checkpoint.npz"  # the server's state after the last complete round (--resume)
+LEDGER_FIELDS = ["round", "node", "partition", "phase", "direction", "bytes"]
+ROUND_FIELDS = ["round", "clients", "received", "dropped", "up_bytes", "down_bytes", "cum_up_bytes",
+                "cum_down_bytes", "cum_bytes", "train_loss", "val_accuracy", "test_accuracy", "test_loss", "wall_seconds"]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The server's central evaluation of the global model after a round."""
+    test_loss: float
+    test_accuracy: float
+    val_accuracy: float | None
+
+
+class RunRecorder:
+    """After every round: a row of rounds.csv (bytes and replies from the strategy's round stats, the
+    evaluation), ledger.csv (one row per message) and checkpoint.npz (the strategy's whole state plus
+    the rows, for --resume), each file replaced atomically; the trackers of logging.report_to get the
+    same row, and the console a progress line."""
+
+    def __init__(self, out: Path, trackers: MetricLoggers, rows: list[dict], started: float, total_rounds: int):
+        self.out, self.trackers, self.rows, self.started, self.total_rounds = out, trackers, rows, started, total_rounds
+
+    def record(self, strategy: MethodStrategy, server_round: int, evaluation: Evaluation) -> dict:
+        row = _round_row(strategy, server_round, evaluation, self.rows, time.perf_counter() - self.started)
+        self.rows.append(row)
+        atomic_write(self.out / "rounds.csv", lambda f: _write_csv(f, self.rows, ROUND_FIELDS))
+        self.trackers.log(row)
+        atomic_write(self.out / "ledger.csv", lambda f: _write_csv(f, strategy.ledger, LEDGER_FIELDS))
+        arrays, meta = strategy.checkpoint()
+        meta_json = json.dumps(meta | {"rows": self.rows})
+        atomic_write(self.out / CHECKPOINT, lambda f: np.savez(f, **arrays, meta=np.array(meta_json)))
+        print(f"[pranc-fed] round {server_round}/{self.total_rounds}  clients {row['received']}/{row['clients']}"
+              f"  up {row['up_bytes']:,} B  down {row['down_bytes']:,} B  total {row['cum_bytes']:,} B"
+              f"  test acc {evaluation.test_accuracy:.4f}  loss {evaluation.test_loss:.4f}  {row['wall_seconds']:.0f}s",
+              flush=True)
+        return row
+
+
+def _round_row(strategy: MethodStrategy, server_round: int, evaluation: Evaluation, rows: list[dict],
+               wall: float) -> dict:
+    stats = strategy.round_stats(server_round)  # a round that sent nothing still gets its (empty) stats
+    up = stats.up_bytes + stats.eval_up_bytes
+    down = stats.down_bytes + stats.eval_down_bytes
+    cum_up = (rows[-1]["cum_up_bytes"] if rows else 0) + up
+    cum_down = (rows[-1]["cum_down_bytes"] if rows else 0) + down
+    return {"round": server_round, "clients": stats.sampled, "received": stats.received,
+            "dropped": len(stats.dropped), "up_bytes": up, "down_bytes": down,
+            "cum_up_bytes": cum_up, "cum_down_bytes": cum_down, "cum_bytes": cum_up + cum_down,
+            "train_loss": stats.train_loss, "val_accuracy": evaluation.val_accuracy,
+            "test_accuracy": evaluation.test_accuracy, "test_loss": evaluation.test_loss, "wall_seconds": round(wall, 3)}
+
+
+def _write_csv(f: BinaryIO, rows: list[dict], fields: list[str]) -> None:
+    text = io.TextIOWrapper(f, newline="", encoding="utf-8")
+    writer = csv.DictWriter(text, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    text.flush()
+    text.detach()
 
 
 def parameter_counts(network: nn.Module) -> dict[str, int]:

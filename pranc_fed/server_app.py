@@ -1,17 +1,14 @@
 """Flower ServerApp: build the initial model from the config, run the strategy with central
-evaluation after every round, write rounds.csv and ledger.csv, then the final model and summary.json
-(results.py)."""
+evaluation after every round (the strategy's RunRecorder writes rounds.csv, ledger.csv and the
+checkpoint), then the final model and summary.json (results.py)."""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import math
 import time
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 from flwr.app import Context
@@ -23,15 +20,11 @@ from .data import load_configured, make_loader
 from .loggers import MetricLoggers
 from .methods import get_method
 from .pranc import PrancModel
-from .results import parameter_counts, save_results
+from .results import CHECKPOINT, Evaluation, RunRecorder, parameter_counts, save_results
 from .strategy import MethodStrategy
 from .training import evaluate, federated_train_sets, resolve_device, test_loader
 
 APP_DIR = Path(__file__).resolve().parents[1]
-CHECKPOINT = "checkpoint.npz"  # the server's state after the last complete round (--resume)
-LEDGER_FIELDS = ["round", "node", "partition", "phase", "direction", "bytes"]
-ROUND_FIELDS = ["round", "clients", "received", "dropped", "up_bytes", "down_bytes", "cum_up_bytes",
-                "cum_down_bytes", "cum_bytes", "train_loss", "val_accuracy", "test_accuracy", "test_loss", "wall_seconds"]
 
 app = ServerApp()
 log = logging.getLogger("pranc_fed.server")
@@ -69,24 +62,14 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path) -> dict:
           f"clients, {cfg.federation.rounds} rounds, fingerprint {fingerprint}"
           + (f"; resumed after round {len(rows)}" if rows else ""), flush=True)
 
-    def record(server_round: int) -> None:
-        """Central evaluation, then rounds.csv, ledger.csv and the checkpoint, each replaced atomically;
-        the trackers of logging.report_to get the same row."""
-        method.load_state(model, strategy.state)
+    def evaluate_state(state) -> Evaluation:
+        """Central evaluation of a global state: test loss and accuracy, and the server's validation accuracy."""
+        method.load_state(model, state)
         loss, accuracy = evaluate(model, tests, device)
-        val_accuracy = None if validation is None else evaluate(model, validation, device)[1]
-        rows.append(_round_row(strategy, server_round, loss, accuracy, val_accuracy, rows, time.perf_counter() - started))
-        atomic_write(out / "rounds.csv", lambda f: _write_csv(f, rows, ROUND_FIELDS))
-        trackers.log(rows[-1])
-        atomic_write(out / "ledger.csv", lambda f: _write_csv(f, strategy.ledger, LEDGER_FIELDS))
-        arrays, meta = strategy.checkpoint()
-        atomic_write(out / CHECKPOINT, lambda f: np.savez(f, **arrays, meta=np.array(json.dumps(meta | {"rows": rows}))))
-        r = rows[-1]
-        print(f"[pranc-fed] round {server_round}/{cfg.federation.rounds}  clients {r['received']}/{r['clients']}"
-              f"  up {r['up_bytes']:,} B  down {r['down_bytes']:,} B  total {r['cum_bytes']:,} B"
-              f"  test acc {accuracy:.4f}  loss {loss:.4f}  {r['wall_seconds']:.0f}s", flush=True)
+        return Evaluation(loss, accuracy, None if validation is None else evaluate(model, validation, device)[1])
 
-    strategy.run(grid, len(rows) + 1, cfg.federation.rounds, cfg.federation.round_timeout, record)
+    recorder = RunRecorder(out, trackers, rows, started, cfg.federation.rounds)
+    strategy.run(grid, len(rows) + 1, cfg.federation.rounds, cfg.federation.round_timeout, evaluate_state, recorder)
     trackers.close()
 
     method.load_state(model, strategy.state)
@@ -106,29 +89,6 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path) -> dict:
 
 class RunFailed(RuntimeError):
     """The run ended without enough aggregated rounds: its model is not a result."""
-
-
-def _round_row(strategy: MethodStrategy, server_round: int, loss: float, accuracy: float,
-               val_accuracy: float | None, rows: list[dict], wall: float) -> dict:
-    stats = strategy.round_stats(server_round)  # a round that sent nothing still gets its (empty) stats
-    up = stats.up_bytes + stats.eval_up_bytes
-    down = stats.down_bytes + stats.eval_down_bytes
-    cum_up = (rows[-1]["cum_up_bytes"] if rows else 0) + up
-    cum_down = (rows[-1]["cum_down_bytes"] if rows else 0) + down
-    return {"round": server_round, "clients": stats.sampled, "received": stats.received,
-            "dropped": len(stats.dropped), "up_bytes": up, "down_bytes": down,
-            "cum_up_bytes": cum_up, "cum_down_bytes": cum_down, "cum_bytes": cum_up + cum_down,
-            "train_loss": stats.train_loss, "val_accuracy": val_accuracy, "test_accuracy": accuracy, "test_loss": loss,
-            "wall_seconds": round(wall, 3)}
-
-
-def _write_csv(f: BinaryIO, rows: list[dict], fields: list[str]) -> None:
-    text = io.TextIOWrapper(f, newline="", encoding="utf-8")
-    writer = csv.DictWriter(text, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(rows)
-    text.flush()
-    text.detach()
 
 
 def check_resume(cfg: ExperimentConfig, out: Path) -> bool:

@@ -20,6 +20,7 @@ from .aggregation import ServerOptimizer
 from .config import ExperimentConfig
 from .methods import InvalidReply, Method, State
 from .methods.base import record_bytes
+from .results import Evaluation, RunRecorder
 
 log = logging.getLogger("pranc_fed.strategy")
 
@@ -77,9 +78,9 @@ class MethodStrategy(FedAvg):
         self.max_reply_bytes = 16 * sum(v.size for v in state.values()) + 65_536
 
     def run(self, grid: Grid, first_round: int, num_rounds: int, timeout: float,
-            after_round: Callable[[int], None]) -> None:
-        """Flower's Strategy.start from any round (a resumed run starts after its checkpoint);
-        after_round(r) evaluates and records round r."""
+            evaluate: Callable[[State], Evaluation], recorder: RunRecorder) -> None:
+        """Flower's Strategy.start from any round (a resumed run starts after its checkpoint): after
+        each round, evaluate(the global state), then the recorder writes the round down."""
         for server_round in range(first_round, num_rounds + 1):
             log.info("[ROUND %d/%d]", server_round, num_rounds)
             replies = grid.send_and_receive(self.configure_train(server_round, ArrayRecord(), ConfigRecord(), grid),
@@ -88,7 +89,7 @@ class MethodStrategy(FedAvg):
             replies = grid.send_and_receive(self.configure_evaluate(server_round, ArrayRecord(), ConfigRecord(), grid),
                                             timeout=timeout)
             self.aggregate_evaluate(server_round, replies)
-            after_round(server_round)
+            recorder.record(self, server_round, evaluate(self.state))
 
     # Everything a resumed run needs, as arrays (exact, any dtype) and JSON.
     _SAVED_ARRAYS = {"state": "state", "memory": "server_memory"}
