@@ -47,3 +47,23 @@ def app_folder() -> Path:
     shutil.copytree(CONFIGS_DIR, folder / "configs")
     shutil.copy(APP_FILES / "pyproject.toml", folder)
     return folder
+
+
+def packaged_configs() -> list[str]:
+    return sorted(path.stem for path in CONFIGS_DIR.glob("*.yaml"))
+
+
+def resolve_config(name: str | Path) -> Path:
+    """The experiment YAML to load: `name` when that file exists, else the packaged config it names,
+    written as `mnist_lenet`, `mnist_lenet.yaml` or `configs/mnist_lenet.yaml` (as in the docs), so an
+    installed package runs the shipped configs from any folder."""
+    from .config import ConfigError
+    path = Path(name)
+    if path.is_file():
+        return path
+    if path.name and path.parent in (Path("."), Path("configs")) and path.suffix in ("", ".yaml"):
+        packaged = CONFIGS_DIR / f"{path.stem}.yaml"
+        if packaged.is_file():
+            return packaged
+    raise ConfigError(f"no config file {str(name)!r}, nor a packaged config of that name; "
+                      f"the packaged configs are {', '.join(packaged_configs())}")
