@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from .app_folder import resolve_config
 from .basis import FingerprintMismatch, covered_segments, make_blocks
 from .config import ConfigError, ExperimentConfig, load_config
 from .data import DatasetError, load_configured
@@ -22,7 +23,8 @@ USER_ERRORS = (ConfigError, DatasetError, PrancFileError, FingerprintMismatch, F
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="experiment YAML, e.g. configs/mnist_lenet.yaml")
+    parser.add_argument("config", help="experiment YAML (e.g. configs/mnist_lenet.yaml) or the name of a packaged "
+                        "config (e.g. mnist_lenet)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one config value (repeatable)")
     parser.add_argument("--out", type=Path, help="output folder (default: the config's out_dir)")
@@ -33,6 +35,7 @@ def _load(args: argparse.Namespace) -> tuple[ExperimentConfig, Path]:
         if args.out is not None and args.out != args.resume:
             raise ConfigError("--resume DIR continues the run in DIR: leave out --out, or give it the same folder")
         args.out, args.overrides = args.resume, [*args.overrides, "federation.resume=true"]
+    args.config = resolve_config(args.config)
     cfg = load_config(args.config, args.overrides)
     return cfg, args.out or Path(cfg.resolved_out_dir())
 
@@ -225,7 +228,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Basis engine benchmark, or with --accuracy the cache dtypes' accuracy (bench.py's docstring)."""
     from . import bench
     if args.accuracy:
-        bench.precision_accuracy(args.out, args.accuracy, args.overrides, args.dtypes.split(","))
+        bench.precision_accuracy(args.out, resolve_config(args.accuracy), args.overrides, args.dtypes.split(","))
         return 0
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in models if m not in bench.SETTINGS]

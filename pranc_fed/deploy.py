@@ -41,7 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from .runner import (APP_DIR, BIN_DIR, FlowerRun, command_line, descendants, free_port, kill_tree, run_config_for,
+from .runner import (BIN_DIR, FlowerRun, command_line, descendants, free_port, kill_tree, run_config_for,
                      show_progress, terminate, terminate_as_interrupt)
 
 CERT_NAMES = ("ca.crt", "server.pem", "server.key")
@@ -378,7 +378,7 @@ def print_report(report: dict) -> None:
 
 
 def deploy(config_path: str | Path, overrides: list[str], cfg, out: Path, nodes: int, tls: bool = False,
-           auth: bool = False, certs: Path | None = None, app: Path = APP_DIR,
+           auth: bool = False, certs: Path | None = None, app: Path | None = None,
            node_config: dict[int, str] | None = None, timeout: float | None = None,
            on_ready: Callable[[Deployment], None] | None = None) -> bool:
     """Run the config on a SuperLink and `nodes` SuperNodes (partition i of `nodes` each) on loopback;

@@ -22,7 +22,8 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
-APP_DIR = Path(__file__).resolve().parents[1]
+from .app_folder import app_folder
+
 BIN_DIR = Path(sys.executable).parent
 OFFLINE_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -53,6 +54,7 @@ class FlowerRun:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.tls_root_cert = tls_root_cert
+        self.app = app_folder()  # what `flwr run` bundles unless submit() names another app folder
 
     def __enter__(self) -> "FlowerRun":
         return self
@@ -65,7 +67,7 @@ class FlowerRun:
         `env` adds to (or replaces values of) this run's environment."""
         log = (self.log_dir / f"{name}.log").open("w")
         process = subprocess.Popen(args, env=self.env | (env or {}), stdout=log, stderr=subprocess.STDOUT,
-                                   cwd=APP_DIR, start_new_session=True)
+                                   cwd=self.app, start_new_session=True)
         self.processes.append(process)
         return process
 
@@ -107,13 +109,13 @@ class FlowerRun:
             return False
 
     def flwr(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([str(BIN_DIR / "flwr"), *args], env=self.env, cwd=APP_DIR, capture_output=True,
+        return subprocess.run([str(BIN_DIR / "flwr"), *args], env=self.env, cwd=self.app, capture_output=True,
                               text=True, timeout=timeout)
 
-    def submit(self, run_config: dict[str, str], federation_config: str | None = None, app: Path = APP_DIR) -> int:
+    def submit(self, run_config: dict[str, str], federation_config: str | None = None, app: Path | None = None) -> int:
         """`flwr run` the app (this project unless `app` names another app folder); returns the run id."""
         config = " ".join(f"{k}={json.dumps(v)}" for k, v in run_config.items())
-        args = ["run", str(app), "pranc", "--run-config", config, "--format", "json"]
+        args = ["run", str(app or self.app), "pranc", "--run-config", config, "--format", "json"]
         if federation_config:
             args += ["--federation-config", federation_config]
         result = self.flwr(*args)
@@ -137,7 +139,7 @@ class FlowerRun:
     def stream_logs(self, run_id: int, keep=lambda line: True) -> None:
         """Forward the run's log lines that `keep` accepts to stdout, in a background thread."""
         process = subprocess.Popen([str(BIN_DIR / "flwr"), "log", str(run_id), "pranc", "--stream"], env=self.env,
-                                   cwd=APP_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   cwd=self.app, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                    start_new_session=True)
         self.processes.append(process)
         log_file = (self.log_dir / "run.log").open("w")
@@ -291,7 +293,7 @@ def check_ray_address(address: str) -> None:
                           f"for a private Ray instance") from None
 
 
-def simulate(config_path: str | Path, overrides: list[str], cfg, out: Path, app: Path = APP_DIR) -> bool:
+def simulate(config_path: str | Path, overrides: list[str], cfg, out: Path, app: Path | None = None) -> bool:
     """Run the config as a Flower simulation (Ray backend) of this app, or of the app folder `app`
     (another ClientApp with this ServerApp, e.g. simulations/byzantine_client.py); True when the run completed."""
     fed = cfg.federation
