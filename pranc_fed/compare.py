@@ -235,7 +235,7 @@ def summarize(rows: list[dict], targets: list[float]) -> list[dict]:
     out = []
     for (method, setting), rs in groups.items():
         rs = sorted(rs, key=lambda r: r["round"])
-        last = rs[-1]
+        last, trained = rs[-1], [r for r in rs if r["round"] > 0]  # round 0 is the initial model
         to_target = {}
         for target in targets:
             reached = next((r for r in rs if r["test_accuracy"] >= target), None)
@@ -243,8 +243,8 @@ def summarize(rows: list[dict], targets: list[float]) -> list[dict]:
         received, sampled = sum(r["received"] for r in rs), sum(r["clients"] for r in rs)
         up = last["cum_up_bytes"] / received if received else None
         out.append({
-            "method": method, "setting": setting, "lr": last["lr"], "rounds": len(rs),
-            "final_accuracy": last["test_accuracy"], "best_accuracy": max(r["test_accuracy"] for r in rs),
+            "method": method, "setting": setting, "lr": last["lr"], "rounds": len(trained),
+            "final_accuracy": last["test_accuracy"], "best_accuracy": max(r["test_accuracy"] for r in trained or rs),
             "total_mb": last["cum_bytes"] / MB, "to_target": to_target,
             "up_bytes_per_client_round": up,
             "down_bytes_per_client_round": last["cum_down_bytes"] / sampled if sampled else None,

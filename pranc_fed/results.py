@@ -66,16 +66,19 @@ class RunRecorder:
 
 def _round_row(strategy: MethodStrategy, server_round: int, evaluation: Evaluation, rows: list[dict],
                wall: float) -> dict:
-    stats = strategy.round_stats(server_round)  # a round that sent nothing still gets its (empty) stats
-    up = stats.up_bytes + stats.eval_up_bytes
-    down = stats.down_bytes + stats.eval_down_bytes
-    cum_up = (rows[-1]["cum_up_bytes"] if rows else 0) + up
-    cum_down = (rows[-1]["cum_down_bytes"] if rows else 0) + down
-    return {"round": server_round, "clients": stats.sampled, "received": stats.received,
-            "dropped": len(stats.dropped), "up_bytes": up, "down_bytes": down,
-            "cum_up_bytes": cum_up, "cum_down_bytes": cum_down, "cum_bytes": cum_up + cum_down,
-            "train_loss": stats.train_loss, "val_accuracy": evaluation.val_accuracy,
-            "test_accuracy": evaluation.test_accuracy, "test_loss": evaluation.test_loss, "wall_seconds": round(wall, 3)}
+    """Round 0 is the initial model: nothing sent yet, so where every curve starts."""
+    row = {"round": server_round, "clients": 0, "received": 0, "dropped": 0, "up_bytes": 0, "down_bytes": 0,
+           "train_loss": None}
+    if server_round > 0:
+        stats = strategy.round_stats(server_round)  # a round that sent nothing still gets its (empty) stats
+        row |= {"clients": stats.sampled, "received": stats.received, "dropped": len(stats.dropped),
+                "up_bytes": stats.up_bytes + stats.eval_up_bytes, "down_bytes": stats.down_bytes + stats.eval_down_bytes,
+                "train_loss": stats.train_loss}
+    cum_up = (rows[-1]["cum_up_bytes"] if rows else 0) + row["up_bytes"]
+    cum_down = (rows[-1]["cum_down_bytes"] if rows else 0) + row["down_bytes"]
+    return row | {"cum_up_bytes": cum_up, "cum_down_bytes": cum_down, "cum_bytes": cum_up + cum_down,
+                  "val_accuracy": evaluation.val_accuracy, "test_accuracy": evaluation.test_accuracy,
+                  "test_loss": evaluation.test_loss, "wall_seconds": round(wall, 3)}
 
 
 def _write_csv(f: BinaryIO, rows: list[dict], fields: list[str]) -> None:

@@ -60,7 +60,7 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path) -> dict:
     atomic_write(out / "config.json", lambda f: f.write(json.dumps(config_to_dict(cfg), indent=2).encode()))
     print(f"[pranc-fed] {cfg.name}: {cfg.federation.method} on {cfg.model.arch}, {cfg.federation.num_clients} "
           f"clients, {cfg.federation.rounds} rounds, fingerprint {fingerprint}"
-          + (f"; resumed after round {len(rows)}" if rows else ""), flush=True)
+          + (f"; resumed after round {rows[-1]['round']}" if rows else ""), flush=True)
 
     def evaluate_state(state) -> Evaluation:
         """Central evaluation of a global state: test loss and accuracy, and the server's validation accuracy."""
@@ -69,7 +69,10 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path) -> dict:
         return Evaluation(loss, accuracy, None if validation is None else evaluate(model, validation, device)[1])
 
     recorder = RunRecorder(out, trackers, rows, started, cfg.federation.rounds)
-    strategy.run(grid, len(rows) + 1, cfg.federation.rounds, cfg.federation.round_timeout, evaluate_state, recorder)
+    if not rows:  # round 0: the initial model, where accuracy-against-bytes curves start
+        recorder.record(strategy, 0, evaluate_state(strategy.state))
+    strategy.run(grid, rows[-1]["round"] + 1, cfg.federation.rounds, cfg.federation.round_timeout, evaluate_state,
+                 recorder)
     trackers.close()
 
     method.load_state(model, strategy.state)
@@ -130,15 +133,16 @@ def _without_resume(cfg: ExperimentConfig) -> dict:
 
 def _summary(cfg, strategy, rows, model, fingerprint, wall) -> dict:
     counts = parameter_counts(strategy.method.network(model))
-    accuracies = [r["test_accuracy"] for r in rows]
+    accuracies = [r["test_accuracy"] for r in rows if r["round"] > 0]
     return {
         "method": cfg.federation.method, "name": cfg.name, "arch": cfg.model.arch, "dataset": cfg.data.dataset,
+        "initial_test_accuracy": rows[0]["test_accuracy"] if rows and rows[0]["round"] == 0 else None,
         "final_test_accuracy": accuracies[-1] if accuracies else None,
         "best_test_accuracy": max(accuracies) if accuracies else None,
         "final_val_accuracy": rows[-1]["val_accuracy"] if rows else None,
         "total_up_bytes": sum(r["up_bytes"] for r in rows), "total_down_bytes": sum(r["down_bytes"] for r in rows),
         "total_bytes": sum(r["up_bytes"] + r["down_bytes"] for r in rows),
-        "rounds": len(rows), "rounds_aggregated": sum(s.aggregated for s in strategy.rounds),
+        "rounds": len(accuracies), "rounds_aggregated": sum(s.aggregated for s in strategy.rounds),
         "clients": cfg.federation.num_clients,
         "num_coeffs": cfg.pranc.num_coeffs if isinstance(model, PrancModel) else None,
         **counts, "dense_fp32_bytes_per_transfer": 4 * counts["param_count"],

@@ -93,7 +93,7 @@ def test_tiny_comparison_end_to_end(tmp_path: Path) -> None:
         rows = list(reader)
     labels = [(r["method"], r["setting"], int(r["round"])) for r in rows]
     assert sorted(labels) == sorted((m, s, rnd) for m, s in [("pranc", "K50"), ("fedavg", "fp32"),
-                                                              ("topk", "d0.01-ef")] for rnd in (1, 2))
+                                                              ("topk", "d0.01-ef")] for rnd in (0, 1, 2))
     by = {(r["method"], int(r["round"])): r for r in rows}
     # same broadcast for the dense methods; topk's reply is far smaller than fedavg's; pranc's tiny
     assert int(by["topk", 1]["cum_down_bytes"]) == pytest.approx(int(by["fedavg", 1]["cum_down_bytes"]), rel=1e-3)

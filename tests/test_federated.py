@@ -112,7 +112,9 @@ def test_simulation_end_to_end(tmp_path):
     cfg = load_config("configs/mnist_lenet.yaml", overrides)
     assert simulate("configs/mnist_lenet.yaml", overrides, cfg, tmp_path)
     rows = list(csv.DictReader((tmp_path / "rounds.csv").open()))
-    assert [int(r["round"]) for r in rows] == [1, 2]
+    assert [int(r["round"]) for r in rows] == [0, 1, 2]  # round 0: the initial model, before any bytes
+    assert (rows[0]["cum_bytes"], rows[0]["clients"], rows[0]["train_loss"]) == ("0", "0", "")
+    rows = rows[1:]
     for r in rows:
         assert int(r["clients"]) == 3 and int(r["received"]) == 3
         up_per_client = int(r["up_bytes"]) / 3
@@ -223,14 +225,14 @@ def test_a_killed_run_resumes_to_the_same_final_model(tmp_path):
 
     run = subprocess.Popen([*cli, "--out", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
-    while not ((killed / "rounds.csv").is_file() and len((killed / "rounds.csv").read_text().splitlines()) >= 2):
+    while not ((killed / "rounds.csv").is_file() and len((killed / "rounds.csv").read_text().splitlines()) >= 3):
         assert run.poll() is None and time.monotonic() < deadline, "the run ended before its first round was recorded"
         time.sleep(0.2)
     run.send_signal(signal.SIGTERM)  # as a scheduler would (SIGINT is ignored by background jobs): the CLI
     # stops every Flower process it started
     assert run.wait(timeout=60) != 0
     assert not (killed / "summary.json").exists()
-    done = len((killed / "rounds.csv").read_text().splitlines()) - 1
+    done = len((killed / "rounds.csv").read_text().splitlines()) - 2  # the header and round 0
     assert 1 <= done < 3
 
     resumed = subprocess.run([*cli, "--resume", str(killed)], capture_output=True, text=True, timeout=300)
@@ -245,7 +247,7 @@ def test_a_killed_run_resumes_to_the_same_final_model(tmp_path):
     # resumed run's first round carries those few bytes again.
     up = lambda folder: [int(r["up_bytes"]) for r in csv.DictReader((folder / "rounds.csv").open())]  # noqa: E731
     extra = [k - w for k, w in zip(up(killed), up(whole))]
-    assert extra[done] > 0 and extra[:done] + extra[done + 1:] == [0, 0], extra
-    assert extra[done] < 2 * 64, extra
+    assert extra[done + 1] > 0 and extra[:done + 1] + extra[done + 2:] == [0, 0, 0], extra
+    assert extra[done + 1] < 2 * 64, extra
     ledger = lambda folder: list(csv.DictReader((folder / "ledger.csv").open()))  # noqa: E731
     assert len(ledger(killed)) == len(ledger(whole)) == 3 * 2 * 2

@@ -72,7 +72,7 @@ def test_simulation_reports_the_rows_of_rounds_csv_to_tensorboard(tmp_path):
     assert simulate("configs/mnist_lenet.yaml", overrides, load_config("configs/mnist_lenet.yaml", overrides), tmp_path)
     rows = list(csv.DictReader((tmp_path / "rounds.csv").open()))
     logged = scalars(tmp_path / "tensorboard")
-    assert logged == as_logged(rows, "round") and len(logged["test_accuracy"]) == 2 and "val_accuracy" in logged
+    assert logged == as_logged(rows, "round") and len(logged["test_accuracy"]) == 3 and "val_accuracy" in logged
 
 
 @pytest.mark.parametrize("fails_in", ["__init__", "log"])
