@@ -247,14 +247,16 @@ class Deployment(FlowerRun):
             self.release_stuck_nodes()
         return status
 
-    def release_stuck_nodes(self, timeout: float = 180) -> list[str]:
+    def release_stuck_nodes(self, timeout: float = 180, grace: float = 10) -> list[str]:
         """Stop the ClientApp processes a finished run left running (a client that hung past the round
         timeout) and restart their SuperNodes, then wait until the SuperLink lists exactly the live
         nodes. A SuperNode handles one message at a time and waits for its reply: killing the ClientApp
-        alone left the node silent in the next run (Flower 1.42). Returns the restarted nodes' names."""
-        stuck = {name: pids for name, node in self.nodes.items()
-                 if (pids := [pid for pid in descendants(node.pid)
-                              if any(Path(arg).name == "flwr-clientapp" for arg in command_line(pid)[:2])])}
+        alone left the node silent in the next run (Flower 1.42). A ClientApp that has replied can still
+        be exiting when the run is reported finished (seconds, on a loaded machine), so they all get
+        `grace` seconds first. Returns the restarted nodes' names."""
+        deadline = time.monotonic() + grace
+        while (stuck := self._clientapps()) and time.monotonic() < deadline:
+            time.sleep(0.5)
         for name, pids in stuck.items():
             terminate(pids, grace=5)
             old_id = self.node_id(name)
@@ -267,6 +269,12 @@ class Deployment(FlowerRun):
                   f"restarted {'that node' if len(stuck) == 1 else 'those nodes'}", flush=True)
             self._wait_for_exactly_the_live_nodes(timeout)
         return list(stuck)
+
+    def _clientapps(self) -> dict[str, list[int]]:
+        """The ClientApp processes each SuperNode runs now (only nodes that run some)."""
+        return {name: pids for name, node in self.nodes.items()
+                if (pids := [pid for pid in descendants(node.pid)
+                             if any(Path(arg).name == "flwr-clientapp" for arg in command_line(pid)[:2])])}
 
     def _wait_for_exactly_the_live_nodes(self, timeout: float) -> None:
         """Until the SuperLink's online nodes are our running nodes."""
