@@ -147,11 +147,13 @@ def idle_traffic(network: Network, seconds: float) -> dict[str, float]:
 def measured_run(deployment: Deployment, network: Network, config: Path, overrides: list[str], out: Path,
                  timeout: float) -> dict:
     """Submit one run and wait for it, with the nodes' link counters read just before submitting and
-    just after it finished: traffic_report (ledger and SuperLink counter) plus "interfaces" and "seconds"."""
-    before, started = network.counters(), time.monotonic()
+    just after it finished: traffic_report (ledger and SuperLink counter) plus "interfaces", "seconds" and
+    "restarted_nodes" (nodes Deployment.wait restarted: their reconnection is in the link counts too)."""
+    before, started, pids = network.counters(), time.monotonic(), {n: p.pid for n, p in deployment.nodes.items()}
     run_id = deployment.submit(run_config_for(config, overrides, out))
     status = deployment.wait(run_id, timeout=timeout, done_file=out / "summary.json")
     after, seconds = network.counters(), time.monotonic() - started
     return {"run_id": run_id, "status": status, "seconds": round(seconds, 3),
+            "restarted_nodes": [n for n, p in deployment.nodes.items() if pids.get(n) != p.pid],
             "interfaces": interface_traffic(before, after),
             **traffic_report(out, deployment.run_info(run_id), len(network.node_namespaces))}

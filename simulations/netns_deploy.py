@@ -130,6 +130,8 @@ def main() -> int:
                 if run["status"] != "finished:completed":
                     raise RuntimeError(f"K={k}, {rounds} round(s): {run['status']}; logs in {deployment.log_dir}")
                 print(f"[netns] K={k}, {rounds} round(s): {run['seconds']:.0f} s, links {run['interfaces']}", flush=True)
+                if run["restarted_nodes"]:  # a ClientApp outlived the run: the reconnection is in these counts
+                    print(f"[netns] warning: {', '.join(run['restarted_nodes'])} restarted during this run", flush=True)
                 results["runs"].append({"k": k, "rounds": rounds, "load_average": os.getloadavg(), **run})
                 pair.append(run)
             results["per_message"][str(k)] = per_message(*pair, results["idle"], args.nodes)
