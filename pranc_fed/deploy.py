@@ -255,7 +255,7 @@ class Deployment(FlowerRun):
         be exiting when the run is reported finished (seconds, on a loaded machine), so they all get
         `grace` seconds first. Returns the restarted nodes' names."""
         deadline = time.monotonic() + grace
-        while (stuck := self._clientapps()) and time.monotonic() < deadline:
+        while (stuck := self.clientapps()) and time.monotonic() < deadline:
             time.sleep(0.5)
         for name, pids in stuck.items():
             terminate(pids, grace=5)
@@ -270,7 +270,7 @@ class Deployment(FlowerRun):
             self._wait_for_exactly_the_live_nodes(timeout)
         return list(stuck)
 
-    def _clientapps(self) -> dict[str, list[int]]:
+    def clientapps(self) -> dict[str, list[int]]:
         """The ClientApp processes each SuperNode runs now (only nodes that run some)."""
         return {name: pids for name, node in self.nodes.items()
                 if (pids := [pid for pid in descendants(node.pid)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -147,13 +148,34 @@ def idle_traffic(network: Network, seconds: float) -> dict[str, float]:
 def measured_run(deployment: Deployment, network: Network, config: Path, overrides: list[str], out: Path,
                  timeout: float) -> dict:
     """Submit one run and wait for it, with the nodes' link counters read just before submitting and
-    just after it finished: traffic_report (ledger and SuperLink counter) plus "interfaces", "seconds" and
+    just after it finished: traffic_report (ledger and SuperLink counter) plus "interfaces", "seconds",
+    "busy_seconds" (per node, the time it ran a ClientApp: it does not poll the SuperLink meanwhile) and
     "restarted_nodes" (nodes Deployment.wait restarted: their reconnection is in the link counts too)."""
+    busy: dict[str, float] = dict.fromkeys(deployment.nodes, 0.0)
+    stop = threading.Event()
+    clock = threading.Thread(target=_clock_clientapps, args=(deployment, busy, stop), daemon=True)
     before, started, pids = network.counters(), time.monotonic(), {n: p.pid for n, p in deployment.nodes.items()}
-    run_id = deployment.submit(run_config_for(config, overrides, out))
-    status = deployment.wait(run_id, timeout=timeout, done_file=out / "summary.json")
+    clock.start()
+    try:
+        run_id = deployment.submit(run_config_for(config, overrides, out))
+        status = deployment.wait(run_id, timeout=timeout, done_file=out / "summary.json")
+    finally:
+        stop.set()
+        clock.join()
     after, seconds = network.counters(), time.monotonic() - started
     return {"run_id": run_id, "status": status, "seconds": round(seconds, 3),
+            "busy_seconds": {node: round(s, 2) for node, s in busy.items()},
             "restarted_nodes": [n for n, p in deployment.nodes.items() if pids.get(n) != p.pid],
             "interfaces": interface_traffic(before, after),
             **traffic_report(out, deployment.run_info(run_id), len(network.node_namespaces))}
+
+
+def _clock_clientapps(deployment: Deployment, busy: dict[str, float], stop: threading.Event,
+                      period: float = 0.25) -> None:
+    """Add to busy[node] the time the node has a ClientApp process, sampled every `period` seconds."""
+    last = time.monotonic()
+    while not stop.wait(period):
+        now = time.monotonic()
+        for node in deployment.clientapps():
+            busy[node] = busy.get(node, 0.0) + now - last
+        last = now

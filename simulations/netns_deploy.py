@@ -13,8 +13,11 @@ rounds, and counts each run's bytes three ways:
   links      the nodes' eth0 kernel counters (tx = up, rx = down), read just before the run is
              submitted and just after it finished: every frame, Ethernet header included.
 The links also carry what the other two never count: heartbeats and polling (measured first,
-over --idle seconds with no run, and subtracted at that rate over each run's duration), the TCP
-ACKs of the other direction, and once per run the FAB download and run/config fetches. The
+over --idle seconds with no run, and subtracted at that rate per node over the part of each run
+in which the node ran no ClientApp: a SuperNode does not poll while its ClientApp works; its
+heartbeat every 30 s goes on, a few percent of the idle traffic, and stays counted), the HTTP
+requests and TCP ACKs that belong to the other direction's message, and once per run the FAB
+download and run/config fetches. The
 difference of the 2-round and the 1-round run is one more round, so it divides into per-message
 figures free of the once-per-run costs; what is left of the 1-round run is reported as the fixed
 cost per run and node. The ClientApp talks to its SuperNode over its namespace's loopback, off
@@ -45,9 +48,10 @@ DIRECTIONS = {"up": ("inbound_bytes", "reply, up"), "down": ("outbound_bytes", "
 COLUMNS = ("payload", "flower_framing", "tls_http_tcp_ip", "on_the_link", "idle_subtracted", "packets")
 
 
-def layers(run: dict, direction: str, idle: dict) -> dict[str, float]:
+def layers(run: dict, direction: str, idle: dict, nodes: int) -> dict[str, float]:
     """One run's bytes in one direction: ledger, SuperLink counter, links (raw and less idle traffic)."""
-    rate = run["seconds"] / idle["seconds"]
+    polling = nodes * run["seconds"] - sum(run["busy_seconds"].values())  # node-seconds spent polling
+    rate = polling / (nodes * idle["seconds"])
     return {"ledger": run["ledger"][f"{direction}_bytes"],
             "superlink": run["superlink"][DIRECTIONS[direction][0]],
             "links_raw": run["interfaces"][f"{direction}_bytes"],
@@ -60,7 +64,7 @@ def per_message(one_round: dict, two_rounds: dict, idle: dict, nodes: int) -> di
     """Per message from the extra round of the 2-round run; the 1-round run's rest is per-run cost."""
     result = {}
     for direction in DIRECTIONS:
-        first, second = layers(one_round, direction, idle), layers(two_rounds, direction, idle)
+        first, second = layers(one_round, direction, idle, nodes), layers(two_rounds, direction, idle, nodes)
         extra = {key: second[key] - first[key] for key in first}
         count = extra["messages"]
         payload, superlink, links = extra["ledger"] / count, extra["superlink"] / count, extra["links"] / count
@@ -88,7 +92,7 @@ def table(results: dict) -> str:
     lines.append("Once per run and node (FAB download, run and config fetches, connection), on the link: " + "; ".join(
         f"K={int(k):,}: {c['up']['fixed_per_run_and_node']:,} B up, {c['down']['fixed_per_run_and_node']:,} B down"
         for k, c in results["per_message"].items()))
-    lines.append(f"Idle (heartbeats and polling, no run; subtracted above): "
+    lines.append(f"Idle (heartbeats and polling, no run; subtracted above for the time a node ran no ClientApp): "
                  f"{idle['up_bytes'] / idle['seconds'] / nodes:,.0f} B/s up and "
                  f"{idle['down_bytes'] / idle['seconds'] / nodes:,.0f} B/s down per node, "
                  f"{idle['up_packets'] / idle['seconds'] / nodes:.1f} and "
@@ -129,7 +133,8 @@ def main() -> int:
                 run = measured_run(deployment, network, args.config, overrides, out / f"k{k}-r{rounds}", args.timeout)
                 if run["status"] != "finished:completed":
                     raise RuntimeError(f"K={k}, {rounds} round(s): {run['status']}; logs in {deployment.log_dir}")
-                print(f"[netns] K={k}, {rounds} round(s): {run['seconds']:.0f} s, links {run['interfaces']}", flush=True)
+                print(f"[netns] K={k}, {rounds} round(s): {run['seconds']:.0f} s, links {run['interfaces']}",
+                      flush=True)
                 if run["restarted_nodes"]:  # a ClientApp outlived the run: the reconnection is in these counts
                     print(f"[netns] warning: {', '.join(run['restarted_nodes'])} restarted during this run", flush=True)
                 results["runs"].append({"k": k, "rounds": rounds, "load_average": os.getloadavg(), **run})
