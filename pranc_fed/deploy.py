@@ -1,6 +1,8 @@
 """Real deployment on one machine: a `flower-superlink` and N `flower-supernode` processes on
 loopback, optionally with TLS and SuperNode authentication, the run submitted with `flwr run`,
 polled until it finishes, its results collected, and every process stopped whatever happens.
+With a `Network` (pranc_fed/netns.py) the SuperLink and each SuperNode run in network namespaces
+of their own, as separate hosts joined by veth pairs.
 
     pranc-fed deploy configs/mnist_lenet.yaml --nodes 3 [--tls] [--auth] [--out DIR]
 
@@ -50,7 +52,7 @@ CERT_NAMES = ("ca.crt", "server.pem", "server.key")
 @dataclass(frozen=True)
 class Certificates:
     ca: Path      # root certificate: what nodes and `flwr` trust
-    cert: Path    # SuperLink certificate (SAN 127.0.0.1 and localhost), signed by the CA
+    cert: Path    # SuperLink certificate (SAN: its address and localhost), signed by the CA
     key: Path     # SuperLink private key
 
 
@@ -130,14 +132,23 @@ def make_node_key(folder: Path, name: str) -> tuple[Path, Path]:
 
 
 class Deployment(FlowerRun):
-    """A SuperLink and SuperNodes on loopback; `stop()` (or leaving the `with`) ends them all."""
+    """A SuperLink and SuperNodes on loopback, or with `network` (a pranc_fed.netns.Network) the
+    SuperLink (and `flwr`) in network.superlink_netns on network.superlink_host and SuperNode `name`
+    in network.node_netns(name); `stop()` (or leaving the `with`) ends them all."""
 
-    def __init__(self, out: Path, tls: bool = False, auth: bool = False, certs: Path | None = None):
+    def __init__(self, out: Path, tls: bool = False, auth: bool = False, certs: Path | None = None,
+                 network=None):
         if auth and not tls:
             raise ValueError("SuperNode authentication needs TLS: pass tls=True (--tls) as well")
         out = self.out = out.resolve()  # Flower's processes run in the app folder: absolute paths only
-        self.certs = (certificates_in(certs.resolve()) if certs else make_certificates(out / "certs")) if tls else None
-        super().__init__(out / "logs", tls_root_cert=self.certs.ca.resolve() if self.certs else None)
+        host = network.superlink_host if network else "127.0.0.1"
+        self.certs = None
+        if tls:  # generated certificates name the address the nodes dial
+            self.certs = certificates_in(certs.resolve()) if certs else make_certificates(out / "certs",
+                                                                                          (host, "localhost"))
+        super().__init__(out / "logs", tls_root_cert=self.certs.ca.resolve() if self.certs else None, host=host,
+                         netns=network.superlink_netns if network else None)
+        self.network = network
         self.auth = auth
         self.nodes: dict[str, subprocess.Popen] = {}
         self.node_configs: dict[str, str] = {}  # what a restarted node is started with again
@@ -183,7 +194,8 @@ class Deployment(FlowerRun):
         self.node_configs[name] = node_config
         if key is not None:
             self.node_keys[name] = key
-        self.nodes[name] = self.spawn(name, args, env={"FLWR_HOME": str(home)})
+        self.nodes[name] = self.spawn(name, args, env={"FLWR_HOME": str(home)},
+                                      netns=self.network.node_netns(name) if self.network else None)
         return self.nodes[name]
 
     def register(self, public_key: Path, name: str) -> int:
@@ -235,14 +247,16 @@ class Deployment(FlowerRun):
             self.release_stuck_nodes()
         return status
 
-    def release_stuck_nodes(self, timeout: float = 180) -> list[str]:
+    def release_stuck_nodes(self, timeout: float = 180, grace: float = 10) -> list[str]:
         """Stop the ClientApp processes a finished run left running (a client that hung past the round
         timeout) and restart their SuperNodes, then wait until the SuperLink lists exactly the live
         nodes. A SuperNode handles one message at a time and waits for its reply: killing the ClientApp
-        alone left the node silent in the next run (Flower 1.42). Returns the restarted nodes' names."""
-        stuck = {name: pids for name, node in self.nodes.items()
-                 if (pids := [pid for pid in descendants(node.pid)
-                              if any(Path(arg).name == "flwr-clientapp" for arg in command_line(pid)[:2])])}
+        alone left the node silent in the next run (Flower 1.42). A ClientApp that has replied can still
+        be exiting when the run is reported finished (seconds, on a loaded machine), so they all get
+        `grace` seconds first. Returns the restarted nodes' names."""
+        deadline = time.monotonic() + grace
+        while (stuck := self.clientapps()) and time.monotonic() < deadline:
+            time.sleep(0.5)
         for name, pids in stuck.items():
             terminate(pids, grace=5)
             old_id = self.node_id(name)
@@ -255,6 +269,12 @@ class Deployment(FlowerRun):
                   f"restarted {'that node' if len(stuck) == 1 else 'those nodes'}", flush=True)
             self._wait_for_exactly_the_live_nodes(timeout)
         return list(stuck)
+
+    def clientapps(self) -> dict[str, list[int]]:
+        """The ClientApp processes each SuperNode runs now (only nodes that run some)."""
+        return {name: pids for name, node in self.nodes.items()
+                if (pids := [pid for pid in descendants(node.pid)
+                             if any(Path(arg).name == "flwr-clientapp" for arg in command_line(pid)[:2])])}
 
     def _wait_for_exactly_the_live_nodes(self, timeout: float) -> None:
         """Until the SuperLink's online nodes are our running nodes."""

@@ -7,6 +7,7 @@ Every port is chosen free at start, and FLWR_HOME is private, so runs never coll
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shlex
@@ -33,6 +34,39 @@ OFFLINE_ENV = {
 }
 
 
+CLONE_NEWNET = 0x40000000  # <sched.h>; os.setns and os.CLONE_NEWNET arrive only in Python 3.12
+
+
+def in_netns(netns: str | None, args: list[str]) -> list[str]:
+    """`args` as a command that runs inside the network namespace `netns` (None: this process's).
+    `ip netns exec` execs the command, so the process id stays the command's own."""
+    return ["ip", "netns", "exec", netns, *args] if netns else list(args)
+
+
+def call_in_netns(netns: str | None, fn):
+    """fn() with its sockets in network namespace `netns`: a namespace belongs to a thread, so a
+    short-lived thread enters it and the rest of this process stays where it is."""
+    if netns is None:
+        return fn()
+    outcome: dict = {}
+
+    def enter_and_call() -> None:
+        try:
+            with open(f"/run/netns/{netns}") as handle:
+                if ctypes.CDLL(None, use_errno=True).setns(handle.fileno(), CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), f"setns into network namespace {netns} failed")
+            outcome["value"] = fn()
+        except Exception as e:  # raised again in the caller's thread
+            outcome["error"] = e
+
+    thread = threading.Thread(target=enter_and_call, daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -40,9 +74,12 @@ def free_port() -> int:
 
 
 class FlowerRun:
-    """One private Flower installation: FLWR_HOME, a SuperLink and whatever else gets started."""
+    """One private Flower installation: FLWR_HOME, a SuperLink and whatever else gets started.
+    The SuperLink listens on `host`; with `netns` it and every `flwr` call run in that network
+    namespace (see pranc_fed/netns.py), else everything stays on this host's loopback."""
 
-    def __init__(self, log_dir: Path, tls_root_cert: Path | None = None):
+    def __init__(self, log_dir: Path, tls_root_cert: Path | None = None, host: str = "127.0.0.1",
+                 netns: str | None = None):
         self.home = Path(tempfile.mkdtemp(prefix="pranc-fed-flwr-"))
         self.log_dir = log_dir
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -52,7 +89,8 @@ class FlowerRun:
         self.processes: list[subprocess.Popen] = []
         # Flower 1.42 serves the Runtime, Control and Fleet APIs on one HTTP port.
         self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
+        self.host, self.netns = host, netns
+        self.address = f"{host}:{self.port}"
         self.tls_root_cert = tls_root_cert
         self.app = app_folder()  # what `flwr run` bundles unless submit() names another app folder
 
@@ -62,23 +100,24 @@ class FlowerRun:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-        """Start a process in its own session (so its children die with it), logging to log_dir/name.log.
-        `env` adds to (or replaces values of) this run's environment."""
+    def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None,
+              netns: str | None = None) -> subprocess.Popen:
+        """Start a process in its own session (so its children die with it), logging to log_dir/name.log,
+        in network namespace `netns` if given. `env` adds to (or replaces values of) this run's environment."""
         log = (self.log_dir / f"{name}.log").open("w")
-        process = subprocess.Popen(args, env=self.env | (env or {}), stdout=log, stderr=subprocess.STDOUT,
-                                   cwd=self.app, start_new_session=True)
+        process = subprocess.Popen(in_netns(netns, args), env=self.env | (env or {}), stdout=log,
+                                   stderr=subprocess.STDOUT, cwd=self.app, start_new_session=True)
         self.processes.append(process)
         return process
 
     def start_superlink(self, simulation: bool, extra: list[str] = ()) -> None:
-        args = [str(BIN_DIR / "flower-superlink"), "--host", "127.0.0.1", "--port", str(self.port),
+        args = [str(BIN_DIR / "flower-superlink"), "--host", self.host, "--port", str(self.port),
                 "--disable-runtime-dependency-installation", *extra]
         if simulation:
             args.append("--simulation")
         if self.tls_root_cert is None:
             args.append("--insecure")
-        self.superlink = self.spawn("superlink", args)
+        self.superlink = self.spawn("superlink", args, netns=self.netns)
         self._write_connection()
         self.wait_healthy()
 
@@ -94,7 +133,7 @@ class FlowerRun:
             if self.superlink.poll() is not None:
                 raise RuntimeError(f"flower-superlink exited with code {self.superlink.returncode}; "
                                    f"see {self.log_dir / 'superlink.log'}")
-            if self._healthy(scheme):
+            if call_in_netns(self.netns, lambda: self._healthy(scheme)):
                 return
             time.sleep(0.3)
         raise RuntimeError(f"flower-superlink not ready after {timeout:.0f}s ({scheme}); "
@@ -109,8 +148,8 @@ class FlowerRun:
             return False
 
     def flwr(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([str(BIN_DIR / "flwr"), *args], env=self.env, cwd=self.app, capture_output=True,
-                              text=True, timeout=timeout)
+        return subprocess.run(in_netns(self.netns, [str(BIN_DIR / "flwr"), *args]), env=self.env, cwd=self.app,
+                              capture_output=True, text=True, timeout=timeout)
 
     def submit(self, run_config: dict[str, str], federation_config: str | None = None, app: Path | None = None) -> int:
         """`flwr run` the app (this project unless `app` names another app folder); returns the run id."""
@@ -138,7 +177,8 @@ class FlowerRun:
 
     def stream_logs(self, run_id: int, keep=lambda line: True) -> None:
         """Forward the run's log lines that `keep` accepts to stdout, in a background thread."""
-        process = subprocess.Popen([str(BIN_DIR / "flwr"), "log", str(run_id), "pranc", "--stream"], env=self.env,
+        command = [str(BIN_DIR / "flwr"), "log", str(run_id), "pranc", "--stream"]
+        process = subprocess.Popen(in_netns(self.netns, command), env=self.env,
                                    cwd=self.app, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                    start_new_session=True)
         self.processes.append(process)
