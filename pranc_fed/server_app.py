@@ -60,7 +60,7 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path) -> dict:
     atomic_write(out / "config.json", lambda f: f.write(json.dumps(config_to_dict(cfg), indent=2).encode()))
     print(f"[pranc-fed] {cfg.name}: {cfg.federation.method} on {cfg.model.arch}, {cfg.federation.num_clients} "
           f"clients, {cfg.federation.rounds} rounds, fingerprint {fingerprint}"
-          + (f"; resumed after round {rows[-1]['round']}" if rows else ""), flush=True)
+          + (f"; resumed after round {rows[-1]['round']}" if rows else "") + f"; results in {out}", flush=True)
 
     def evaluate_state(state) -> Evaluation:
         """Central evaluation of a global state: test loss and accuracy, and the server's validation accuracy."""
