@@ -11,6 +11,7 @@ import ctypes
 import json
 import os
 import shlex
+import shutil
 import signal
 import socket
 import ssl
@@ -99,6 +100,7 @@ class FlowerRun:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+        shutil.rmtree(self.home, ignore_errors=True)  # Flower's private state and app copies; logs stay in log_dir
 
     def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None,
               netns: str | None = None) -> subprocess.Popen:
