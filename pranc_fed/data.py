@@ -85,7 +85,7 @@ MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)  # fmt: skip
+)
 
 LAYOUT_HELP = (
     "expected one of: the name 'mnist'; an ImageFolder tree PATH/train/<class>/*.jpg and "
@@ -316,7 +316,7 @@ def load_dataset(name_or_path: str | os.PathLike, image_size: Sequence[int] | No
     if not path.exists():
         if os.sep not in text and not text.startswith(("~", ".")):
             raise DatasetError(f"unknown dataset {text!r}: not a known name ({', '.join(DATASET_NAMES)}) "
-                               f"and no such folder; {LAYOUT_HELP}")  # fmt: skip
+                               f"and no such folder; {LAYOUT_HELP}")
         raise DatasetError(f"dataset folder {path} does not exist; {LAYOUT_HELP}")
     if not path.is_dir():
         raise DatasetError(f"{path} is a file, not a dataset folder; {LAYOUT_HELP}")
@@ -335,7 +335,7 @@ def _checked_image_size(size: Sequence[int] | None) -> tuple[int, int] | None:
         return None
     if len(size) != 2 or any(type(v) is not int or v < 1 for v in size):
         raise DatasetError(f"data.image_size must be [height, width] in pixels, or null to keep the images' size; "
-                           f"got {list(size)}")  # fmt: skip
+                           f"got {list(size)}")
     return int(size[0]), int(size[1])
 
 
@@ -382,7 +382,7 @@ def _bundle(source: str, arrays: dict[str, Any]) -> DatasetBundle:
 
 def _arrays(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
             class_names: Sequence[str], mean: Sequence[float] | None = None,
-            std: Sequence[float] | None = None) -> dict[str, Any]:  # fmt: skip
+            std: Sequence[float] | None = None) -> dict[str, Any]:
     """The canonical in-memory form: uint8 NCHW, int64 labels, stats from train."""
     if mean is None or std is None:
         mean, std = channel_stats(train_x)
@@ -463,7 +463,7 @@ def _resized(arrays: dict[str, Any], size: tuple[int, int] | None) -> dict[str, 
 
     def resize(x: np.ndarray) -> np.ndarray:
         return np.stack([_decode(Image.fromarray(img[0] if channels == 1 else img.transpose(1, 2, 0)), channels, size)
-                         for img in x])  # fmt: skip
+                         for img in x])
 
     return {**arrays, "train_x": resize(arrays["train_x"]), "test_x": resize(arrays["test_x"])}
 
@@ -478,7 +478,7 @@ def _read_mnist_zarr(zip_path: Path) -> dict[str, Any]:
     finally:
         store.close()
     return _arrays(a["train_images"][:, None], a["train_labels"], a["test_images"][:, None], a["test_labels"],
-                   [str(i) for i in range(10)], [MNIST_MEAN], [MNIST_STD])  # fmt: skip
+                   [str(i) for i in range(10)], [MNIST_MEAN], [MNIST_STD])
 
 
 def _detect_layout(root: Path) -> tuple[str, Path]:
@@ -491,7 +491,7 @@ def _detect_layout(root: Path) -> tuple[str, Path]:
         if _has_idx(root / sub / "raw"):
             found.append(("mnist-raw", root / sub / "raw"))
     for name, kind, marker in (("cifar-10-batches-py", "cifar10", "data_batch_1"),
-                               ("cifar-100-python", "cifar100", "meta")):  # fmt: skip
+                               ("cifar-100-python", "cifar100", "meta")):
         if (root / name / marker).is_file():
             found.append((kind, root / name))
     if (root / "train").is_dir():
@@ -515,7 +515,7 @@ def _detect_layout(root: Path) -> tuple[str, Path]:
     shown = ", ".join(entries[:10]) + (f", ... ({len(entries)} entries)" if len(entries) > 10 else "")
     raise DatasetError(f"no train/ folder, class folders of images or known dataset under {root} "
                        f"(found: {shown or 'nothing'}); "
-                       f"{LAYOUT_HELP}")  # fmt: skip
+                       f"{LAYOUT_HELP}")
 
 
 def _has_idx(folder: Path) -> bool:
@@ -584,14 +584,14 @@ def _read_cifar10(folder: Path) -> dict[str, Any]:
     names = _unpickle(folder / "batches.meta")["label_names"]
     return _arrays(np.concatenate([_cifar_images(b) for b in batches]),
                    np.concatenate([np.asarray(b["labels"]) for b in batches]),
-                   _cifar_images(test), np.asarray(test["labels"]), names)  # fmt: skip
+                   _cifar_images(test), np.asarray(test["labels"]), names)
 
 
 def _read_cifar100(folder: Path) -> dict[str, Any]:
     train, test = _unpickle(folder / "train"), _unpickle(folder / "test")
     names = _unpickle(folder / "meta")["fine_label_names"]
     return _arrays(_cifar_images(train), np.asarray(train["fine_labels"]),
-                   _cifar_images(test), np.asarray(test["fine_labels"]), names)  # fmt: skip
+                   _cifar_images(test), np.asarray(test["fine_labels"]), names)
 
 
 @dataclass(frozen=True)
@@ -619,11 +619,11 @@ def _scan_class_folders(folder: Path) -> tuple[list[tuple[str, str]], list[int]]
             mtimes.append(d.stat().st_mtime_ns)
             with os.scandir(d.path) as entries:
                 files += [(d.name, f.path) for f in entries
-                          if f.name.lower().endswith(IMAGE_EXTENSIONS) and f.is_file()]  # fmt: skip
+                          if f.name.lower().endswith(IMAGE_EXTENSIONS) and f.is_file()]
     if not files:
         found = sorted(p.name for p in folder.iterdir())[:10]
         raise DatasetError(f"no images in class folders under {folder} (found: {', '.join(found) or 'nothing'}); "
-                           f"expected {folder}/<class>/*.jpg (extensions {', '.join(IMAGE_EXTENSIONS)})")  # fmt: skip
+                           f"expected {folder}/<class>/*.jpg (extensions {', '.join(IMAGE_EXTENSIONS)})")
     return sorted(files), mtimes
 
 
@@ -633,7 +633,7 @@ def _imagefolder_files(root: Path) -> _ImageFiles:
     if test_dir is None:
         raise DatasetError(f"no test/ folder under {root}; expected {root}/train/<class>/*.jpg and "
                            f"{root}/test/<class>/*.jpg, or the class folders right under {root} "
-                           "for a split by data.test_fraction")  # fmt: skip
+                           "for a split by data.test_fraction")
     (train, train_mtimes), (test, test_mtimes) = _scan_class_folders(root / "train"), _scan_class_folders(test_dir)
     return _ImageFiles(train, test, max([root.stat().st_mtime_ns, *train_mtimes, *test_mtimes]))
 
@@ -647,7 +647,7 @@ def _class_folder_files(root: Path, options: LoadOptions) -> _ImageFiles:
 
 
 def stratified_split(labels: np.ndarray, test_fraction: float, seed: int,
-                     source: str = "the dataset") -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+                     source: str = "the dataset") -> tuple[np.ndarray, np.ndarray]:
     """(train, test) sorted row indices: each class gives round(n * test_fraction) of its n rows,
     drawn with ``seed``, to test, but always keeps one for training. Same inputs, same split."""
     if not 0.0 < test_fraction < 1.0:
@@ -661,7 +661,7 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int,
     test_rows = np.sort(np.concatenate(test))
     if len(test_rows) == 0:
         raise DatasetError(f"{source} has too few examples ({len(labels)}) for a test split of "
-                           f"data.test_fraction={test_fraction}; add examples or raise data.test_fraction")  # fmt: skip
+                           f"data.test_fraction={test_fraction}; add examples or raise data.test_fraction")
     return np.setdiff1d(np.arange(len(labels)), test_rows), test_rows
 
 
@@ -670,17 +670,17 @@ def _read_imagefolder(root: Path, files: _ImageFiles, size: tuple[int, int] | No
     unknown = sorted({c for c, _ in files.test} - set(classes))
     if unknown:
         raise DatasetError(f"test classes {unknown} under {root} have no train images; "
-                           f"train/ and test/ need the same class folders")  # fmt: skip
+                           f"train/ and test/ need the same class folders")
     index = {c: i for i, c in enumerate(classes)}
     return _decode_images([(index[c], f) for c, f in files.train], [(index[c], f) for c, f in files.test],
-                          classes, size, str(root))  # fmt: skip
+                          classes, size, str(root))
 
 
 ImageSource = str | bytes  # a file path, or the encoded bytes of an image file
 
 
 def _with_images(items: Sequence[tuple[int, ImageSource]], use: Callable[[Image.Image], Any],
-                 source: str) -> Iterator[tuple[int, Any]]:  # fmt: skip
+                 source: str) -> Iterator[tuple[int, Any]]:
     """(label, use(image)) for each (label, image source); an unreadable image is a DatasetError."""
     for label, src in items:
         try:
@@ -692,7 +692,7 @@ def _with_images(items: Sequence[tuple[int, ImageSource]], use: Callable[[Image.
 
 
 def _decode_images(train: Sequence[tuple[int, ImageSource]], test: Sequence[tuple[int, ImageSource]],
-                   class_names: Sequence[str], size: tuple[int, int] | None, source: str) -> dict[str, Any]:  # fmt: skip
+                   class_names: Sequence[str], size: tuple[int, int] | None, source: str) -> dict[str, Any]:
     """Decode every image once. Size = ``size``, else the most common train image size; channels
     = 1 if every train image is grayscale, else 3 (RGB)."""
     formats = Counter(fmt for _, fmt in _with_images(train, lambda im: ((im.height, im.width), im.mode), source))
@@ -742,7 +742,7 @@ def _hub_dataset(name: str) -> Any:
         raise DatasetError(f"Hugging Face dataset {name!r} is not in the local cache ({datasets.config.HF_DATASETS_CACHE}) "
                            "and nothing is downloaded during a run: fetch it once, online and with the same HF_HOME, "
                            f"with python -c \"import datasets; datasets.load_dataset('{name}')\", or save_to_disk it "
-                           "and set data.dataset to that folder") from None  # fmt: skip
+                           "and set data.dataset to that folder") from None
 
 
 def _disk_dataset(folder: Path) -> Any:
@@ -753,7 +753,7 @@ def _disk_dataset(folder: Path) -> Any:
         return datasets.load_from_disk(str(folder))
     except (FileNotFoundError, ValueError, OSError) as e:
         raise DatasetError(f"{folder} looks like a saved Hugging Face dataset but cannot be loaded "
-                           f"({str(e).splitlines()[0]}); save it again with save_to_disk") from None  # fmt: skip
+                           f"({str(e).splitlines()[0]}); save it again with save_to_disk") from None
 
 
 def _hf_splits(ds: Any, source: str) -> tuple[Any, Any | None]:
@@ -768,7 +768,7 @@ def _hf_splits(ds: Any, source: str) -> tuple[Any, Any | None]:
     if len(ds) == 1:
         return next(iter(ds.values())), None
     raise DatasetError(f"{source} has the splits {', '.join(ds)} but no 'train' split; keep only the training "
-                       "split (it is then split by data.test_fraction) or rename it to 'train'")  # fmt: skip
+                       "split (it is then split by data.test_fraction) or rename it to 'train'")
 
 
 def _hf_column(ds: Any, chosen: str | None, usual: Sequence[str], feature_type: type, kind: str, source: str) -> str:
@@ -780,7 +780,7 @@ def _hf_column(ds: Any, chosen: str | None, usual: Sequence[str], feature_type: 
         chosen = next((c for c in usual if c in columns), typed[0] if len(typed) == 1 else None)
         if chosen is None:
             raise DatasetError(f"{source} has no {'/'.join(usual)} column (columns: {', '.join(columns)}); "
-                               f"set data.{kind}_column to the one holding the {kind}s")  # fmt: skip
+                               f"set data.{kind}_column to the one holding the {kind}s")
     elif chosen not in columns:
         raise DatasetError(f"data.{kind}_column={chosen!r} is not a column of {source} (columns: {', '.join(columns)})")
     return chosen
@@ -796,12 +796,12 @@ def _hf_arrays(source: str, ds: Any, options: LoadOptions) -> dict[str, Any]:
     for split in (train, test):
         if split is not None and not isinstance(split.features.get(image), datasets.Image):
             raise DatasetError(f"column {image!r} of {source} holds {split.features.get(image)}, not images "
-                               "(datasets.Image); set data.image_column to the image column")  # fmt: skip
+                               "(datasets.Image); set data.image_column to the image column")
         if split is not None and label not in split.column_names:
             raise DatasetError(f"the test split of {source} has no column {label!r}; its labels are needed to score")
     split_key = "" if test is not None else f"|split={options.test_fraction},{options.split_seed}"
     key = (f"hf|{source}|{train._fingerprint}|{None if test is None else test._fingerprint}|{image}|{label}"
-           f"|size={options.image_size}{split_key}")  # fmt: skip
+           f"|size={options.image_size}{split_key}")
     name = re.sub(r"[^\w.-]+", "-", source.removeprefix(HF_PREFIX) if source.startswith(HF_PREFIX) else Path(source).name)
     return _disk_cached(key, f"hf-{name}", lambda: _read_hf(train, test, image, label, options, source))
 
@@ -822,13 +822,13 @@ def _read_hf(train: Any, test: Any | None, image: str, label: str, options: Load
         unknown = {v for v in values[name] if v not in index}
         if unknown:
             raise DatasetError(f"the {name} split of {source} has labels {sorted(unknown, key=str)[:5]} outside its "
-                               f"classes ({len(class_names)}), e.g. -1 for unlabelled rows; drop those rows")  # fmt: skip
+                               f"classes ({len(class_names)}), e.g. -1 for unlabelled rows; drop those rows")
         # Encoded bytes (or the file path) of each image: decoding happens once, in _decode_images.
         files = [d["bytes"] if d["bytes"] is not None else d["path"] for d in split[image].to_pylist()]
         items[name] = [(index[v], f) for v, f in zip(values[name], files)]
     if test is None:
         rows, tests = stratified_split(np.array([y for y, _ in items["train"]]), options.test_fraction,
-                                       options.split_seed, source)  # fmt: skip
+                                       options.split_seed, source)
         items = {"train": [items["train"][i] for i in rows], "test": [items["train"][i] for i in tests]}
     return _decode_images(items["train"], items["test"], [str(c) for c in class_names], options.image_size, source)
 
@@ -868,13 +868,13 @@ def partition_indices(
         raise ValueError(f"num_partitions must be at least 1, got {num_partitions}")
     if num_partitions > n:
         raise ValueError(f"cannot split {n} examples into {num_partitions} partitions; "
-                         "use fewer partitions or more data")  # fmt: skip
+                         "use fewer partitions or more data")
     if scheme == "dirichlet" and not dirichlet_alpha > 0:
         raise ValueError(f"dirichlet_alpha must be > 0, got {dirichlet_alpha}")
     num_classes = len(np.unique(labels_np))
     if scheme == "pathological" and not 1 <= classes_per_client <= num_classes:
         raise ValueError(f"classes_per_client must be in 1..{num_classes} (the number of classes), "
-                         f"got {classes_per_client}")  # fmt: skip
+                         f"got {classes_per_client}")
     digest = hashlib.sha256(labels_np.tobytes()).hexdigest()
     params = (dirichlet_alpha if scheme == "dirichlet" else None, classes_per_client if scheme == "pathological" else None)
     parts = _partition_cached(digest, n, scheme, num_partitions, seed, params, labels_np)
@@ -885,7 +885,7 @@ _PARTITION_CACHE: dict[tuple, list[np.ndarray]] = {}
 
 
 def _partition_cached(digest: str, n: int, scheme: str, num_partitions: int, seed: int,
-                      params: tuple, labels: np.ndarray) -> list[np.ndarray]:  # fmt: skip
+                      params: tuple, labels: np.ndarray) -> list[np.ndarray]:
     key = (digest, n, scheme, num_partitions, seed, params)
     if key not in _PARTITION_CACHE:
         if len(_PARTITION_CACHE) > 32:  # bounded: a long sweep must not grow forever
@@ -895,7 +895,7 @@ def _partition_cached(digest: str, n: int, scheme: str, num_partitions: int, see
 
 
 def _compute_partitions(labels: np.ndarray, scheme: str, num_partitions: int, seed: int,
-                        alpha: float | None, classes_per_client: int | None) -> list[np.ndarray]:  # fmt: skip
+                        alpha: float | None, classes_per_client: int | None) -> list[np.ndarray]:
     import datasets
     from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, PathologicalPartitioner
 

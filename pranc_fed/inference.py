@@ -340,39 +340,28 @@ def _dense_state_dict_bytes(module: nn.Module) -> int:
 
 def inspect_model(source: str | Path | PrancFile) -> dict[str, Any]:
     """What a .pranc file (a path or a read PrancFile) holds; regenerates the basis fingerprint.
+    A file saved from a module the registry does not know (PrancModel(module, K) without arch=) is
+    reported from its header and tensors alone: only PrancModel.load with the module can check it.
 
-    Raises PrancFileError (truncated, corrupted, unknown architecture) or FingerprintMismatch.
+    Raises PrancFileError (truncated, corrupted, unfit for its architecture) or FingerprintMismatch.
     """
     file = as_pranc_file(source)  # reading verifies the sha256 checksum
+    info = _file_facts(file)
     if not registered(file.arch):
-        return _inspect_outside_registry(file)
+        return info | {"note": f"architecture {file.arch!r} is not in pranc_fed.models: load it in Python with "
+                               f"PrancModel.load(path, module=YourModule()), which also checks the fingerprint"}
     module = build_module(file, "meta")
     segments = covered_segments(module)
     basis = _StreamingBasis(segments, file.num_coeffs, period_seed(file.seed, file.periods), file.arch, file.layout)
-    basis.fingerprint.check(file.fingerprint, what=f"{file.path} holds")
-    alpha, history, local = file.alpha, file.history, file.local_state
+    basis.fingerprint.check(file.fingerprint, what=f"{file.path} holds")  # so the header's dim is the basis's
     covered_names = {s.name for s in segments}
     expected_local = {n for n in module.state_dict() if n not in covered_names}
-    if set(local) != expected_local:
+    if set(file.local_state) != expected_local:
         raise PrancFileError(f"{file.path}: its local state does not fit architecture {file.arch!r} "
-                             f"(missing {sorted(expected_local - set(local))}, "
-                             f"unexpected {sorted(set(local) - expected_local)})")
-    local_values = sum(t.numel() for t in local.values() if t.is_floating_point())
+                             f"(missing {sorted(expected_local - set(file.local_state))}, "
+                             f"unexpected {sorted(set(file.local_state) - expected_local)})")
     dense = _dense_state_dict_bytes(module)
-    return {
-        "path": str(file.path), "file_bytes": file.nbytes, "checksum": "ok", "file_format": FILE_FORMAT,
-        "spec": file.spec, "arch": file.arch, "model_args": file.model_args,
-        "seed": file.seed, "periods": file.periods,
-        "history_bytes": 0 if history is None else history.numel() * 4,
-        "num_coeffs": file.num_coeffs, "layout": file.layout,
-        "fingerprint": file.fingerprint, "fingerprint_verified": True,
-        "alpha_dtype": str(alpha.dtype).removeprefix("torch."), "alpha_bytes": alpha.numel() * alpha.element_size(),
-        "local_tensors": len(local), "local_values": local_values,
-        "local_bytes": sum(t.numel() * t.element_size() for t in local.values()),
-        "covered_params": basis.dim, "total_params": basis.dim + local_values,
-        "dense_state_dict_bytes": dense, "dense_over_file": dense / file.nbytes,
-        "preprocessing": file.preprocessing, "metadata": file.metadata,
-    }
+    return info | {"fingerprint_verified": True, "dense_state_dict_bytes": dense, "dense_over_file": dense / file.nbytes}
 
 
 def registered(arch: str) -> bool:
@@ -380,27 +369,24 @@ def registered(arch: str) -> bool:
     return arch.lower() in MODELS
 
 
-def _inspect_outside_registry(file: PrancFile) -> dict[str, Any]:
-    """A file saved from a module the registry does not know (PrancModel(module, K) without arch=): what
-    the header and tensors say; the fingerprint can be checked only by PrancModel.load with the module."""
-    local = file.local_state
+def _file_facts(file: PrancFile) -> dict[str, Any]:
+    """What the header and tensors say, before anything is checked against the architecture."""
+    alpha, history, local = file.alpha, file.history, file.local_state
     local_values = sum(t.numel() for t in local.values() if t.is_floating_point())
     dim = file.header["dim"]
     return {
         "path": str(file.path), "file_bytes": file.nbytes, "checksum": "ok", "file_format": FILE_FORMAT,
-        "spec": file.spec, "arch": file.arch, "model_args": file.model_args, "seed": file.seed,
-        "periods": file.periods, "history_bytes": 0 if file.history is None else file.history.numel() * 4,
-        "num_coeffs": file.num_coeffs, "layout": file.layout, "fingerprint": file.fingerprint,
-        "fingerprint_verified": False,
-        "alpha_dtype": str(file.alpha.dtype).removeprefix("torch."),
-        "alpha_bytes": file.alpha.numel() * file.alpha.element_size(),
+        "spec": file.spec, "arch": file.arch, "model_args": file.model_args,
+        "seed": file.seed, "periods": file.periods,
+        "history_bytes": 0 if history is None else history.numel() * 4,
+        "num_coeffs": file.num_coeffs, "layout": file.layout,
+        "fingerprint": file.fingerprint, "fingerprint_verified": False,
+        "alpha_dtype": str(alpha.dtype).removeprefix("torch."), "alpha_bytes": alpha.numel() * alpha.element_size(),
         "local_tensors": len(local), "local_values": local_values,
         "local_bytes": sum(t.numel() * t.element_size() for t in local.values()),
         "covered_params": dim, "total_params": dim + local_values,
         "dense_state_dict_bytes": None, "dense_over_file": None,
         "preprocessing": file.preprocessing, "metadata": file.metadata,
-        "note": f"architecture {file.arch!r} is not in pranc_fed.models: load it in Python with "
-                f"PrancModel.load(path, module=YourModule()), which also checks the fingerprint",
     }
 
 

@@ -35,10 +35,7 @@ STATISTICS = ("rx_bytes", "tx_bytes", "rx_packets", "tx_packets")
 
 
 def ip(*args: str) -> str:
-    result = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
-    if result.returncode != 0:
-        raise RuntimeError(f"ip {' '.join(args)}: {result.stderr.strip() or f'exit {result.returncode}'}")
-    return result.stdout
+    return run_in(None, "ip", *args)
 
 
 def netns_unavailable() -> str | None:
@@ -122,10 +119,12 @@ class Network:
                 for node, netns in self.node_namespaces.items()}
 
 
-def run_in(netns: str, *args: str) -> str:
+def run_in(netns: str | None, *args: str) -> str:
+    """A command's output, run in network namespace netns (None: this one); a RuntimeError if it fails."""
     result = subprocess.run(in_netns(netns, list(args)), capture_output=True, text=True, timeout=30)
     if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} in {netns}: {result.stderr.strip() or f'exit {result.returncode}'}")
+        where = f" in {netns}" if netns else ""
+        raise RuntimeError(f"{' '.join(args)}{where}: {result.stderr.strip() or f'exit {result.returncode}'}")
     return result.stdout
 
 

@@ -53,7 +53,7 @@ class RunRecorder:
         self.rows.append(row)
         atomic_write(self.out / "rounds.csv", lambda f: _write_csv(f, self.rows, ROUND_FIELDS))
         self.trackers.log(row)
-        atomic_write(self.out / "ledger.csv", lambda f: _write_csv(f, strategy.ledger, LEDGER_FIELDS))
+        atomic_write(self.out / "ledger.csv", lambda f: _write_csv(f, strategy.ledger_rows(), LEDGER_FIELDS))
         arrays, meta = strategy.checkpoint()
         meta_json = json.dumps(meta | {"rows": self.rows})
         atomic_write(self.out / CHECKPOINT, lambda f: np.savez(f, **arrays, meta=np.array(meta_json)))

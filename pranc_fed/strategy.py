@@ -69,8 +69,8 @@ class MethodStrategy(FedAvg):
         self.optimizer = ServerOptimizer(fed.server_optimizer, fed.server_lr, fed.server_momentum)
         self.rng = random.Random(cfg.seed)
         self.rounds: list[RoundStats] = []
-        self.ledger: list[dict] = []  # one row per message: round, node, partition, phase, direction, bytes
-        self.partitions: dict[int, int] = {}  # node -> the data partition it said it holds
+        self.ledger: list[dict] = []  # one row per message: round, node, phase, direction, bytes
+        self.partitions: dict[int, int] = {}  # node -> the data partition it said it holds (ledger_rows)
         self.sent: list[Message] = []  # this phase's instructions (Flower sets their ids when it pushes them)
         self.server_memory: dict[str, np.ndarray] = {}  # the method's own server state (feedback, posteriors)
         self.node_periods: dict[int, int] = {}  # node -> the method's period its last accepted reply was in
@@ -101,7 +101,8 @@ class MethodStrategy(FedAvg):
                    for k, v in getattr(self.optimizer, moment).items()}
         version, internal, gauss = self.rng.getstate()
         meta = {"rng": [version, list(internal), gauss], "rounds": [dataclasses.asdict(r) for r in self.rounds],
-                "ledger": self.ledger, "node_periods": {str(k): v for k, v in self.node_periods.items()},
+                "ledger": self.ledger, "partitions": {str(k): v for k, v in self.partitions.items()},
+                "node_periods": {str(k): v for k, v in self.node_periods.items()},
                 "method": self.method.checkpoint()}
         return arrays, meta
 
@@ -115,7 +116,7 @@ class MethodStrategy(FedAvg):
         self.rng.setstate((version, tuple(internal), gauss))
         self.rounds = [RoundStats(**r) for r in meta["rounds"]]
         self.ledger = meta["ledger"]
-        self.partitions = {row["node"]: row["partition"] for row in self.ledger if row.get("partition", "") != ""}
+        self.partitions = {int(k): v for k, v in meta.get("partitions", {}).items()}  # none in older checkpoints
         self.node_periods = {int(k): v for k, v in meta["node_periods"].items()}
         self.method.restore(meta["method"])
 
@@ -140,8 +141,7 @@ class MethodStrategy(FedAvg):
                                   "config": config})
             size = record_bytes(content)
             total += size
-            self.ledger.append({"round": server_round, "node": node, "partition": self.partitions.get(node, ""),
-                                "phase": phase, "direction": "down", "bytes": size})
+            self.ledger.append({"round": server_round, "node": node, "phase": phase, "direction": "down", "bytes": size})
             self.sent.append(Message(content=content, message_type=message_type, dst_node_id=node))
         if phase == "train":
             stats.sampled, stats.down_bytes = len(nodes), total
@@ -200,8 +200,7 @@ class MethodStrategy(FedAvg):
             size = 0 if msg.has_error() else content_size(msg.content)
             oversized = size > self.max_reply_bytes  # then refused before any of it is re-serialised or decoded
             size = size if oversized else size and record_bytes(msg.content)
-            self.ledger.append({"round": server_round, "node": node, "partition": self.partitions.get(node, ""),
-                                "phase": phase, "direction": "up", "bytes": size})
+            self.ledger.append({"round": server_round, "node": node, "phase": phase, "direction": "up", "bytes": size})
             if phase == "train":
                 stats.up_bytes += size
             else:
@@ -216,18 +215,16 @@ class MethodStrategy(FedAvg):
                 self._drop(server_round, phase, node, e)
             else:
                 if "partition-id" in metrics:
-                    self._name_partition(node, int(metrics["partition-id"]))
+                    self.partitions[node] = int(metrics["partition-id"])
                 yield node, examples, metrics, msg.content.get("arrays")
         for node in sorted(silent):
             self._drop(server_round, phase, node, InvalidReply(
                 f"no reply within federation.round_timeout ({self.cfg.federation.round_timeout:g} s)"))
 
-    def _name_partition(self, node: int, partition: int) -> None:
-        """Label the node's ledger rows, earlier ones of this run included, with its partition."""
-        self.partitions[node] = partition
-        for row in self.ledger:
-            if row["node"] == node:
-                row["partition"] = partition
+    def ledger_rows(self) -> list[dict]:
+        """ledger.csv: every message, with the data partition of its node where the node has named it
+        (in its first reply, so earlier rows of that node get it too)."""
+        return [row | {"partition": self.partitions.get(row["node"], "")} for row in self.ledger]
 
     def _drop(self, server_round: int, phase: str, node: int, reason: Exception) -> None:
         text = str(reason) if isinstance(reason, InvalidReply) else f"{type(reason).__name__}: {quoted(str(reason))}"

@@ -26,7 +26,7 @@ from pranc_fed.deploy import Deployment, collect, deploy
 from pranc_fed.pranc import read_pranc_file
 
 from .poisoned_client import FORGED_LINE
-from pranc_fed.runner import alive, command_line, descendants, run_config_for
+from pranc_fed.runner import alive, descendants, run_config_for
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "mnist_lenet.yaml"
 SMALL = ["pranc.num_coeffs=200", "pranc.layout=per_layer", "data.train_subset=900", "data.test_subset=500",
@@ -106,11 +106,6 @@ def poisoned_app(folder: Path) -> Path:
     return app
 
 
-def clientapps(deployment: Deployment) -> list[int]:
-    return [pid for node in deployment.nodes.values() for pid in descendants(node.pid)
-            if any(Path(arg).name == "flwr-clientapp" for arg in command_line(pid)[:2])]
-
-
 @pytest.mark.deploy
 def test_no_client_can_crash_poison_forge_or_stall_the_run_in_real_processes(federation, tmp_path):
     """Five rounds of the test-only ClientApp (POISON): node 0 sends NaN alpha, a wrong fingerprint, a
@@ -146,7 +141,7 @@ def test_no_client_can_crash_poison_forge_or_stall_the_run_in_real_processes(fed
     # Round 5 aggregated the honest node's reply alone (server_lr 1): the global alpha is its alpha.
     final = read_pranc_file(out / "model.pranc").alpha.float().numpy()
     assert np.all(np.isfinite(final)) and np.allclose(final, np.load(dumps / "round-5.npz")["alpha"], atol=1e-6)
-    assert not clientapps(deployment), "the hung ClientApp outlived its run"
+    assert not deployment.clientapps(), "the hung ClientApp outlived its run"
     assert deployment.node_id("node-1") != node[1] and deployment.node_id("node-0") == node[0]
 
 
