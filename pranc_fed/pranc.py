@@ -95,7 +95,8 @@ class PrancModel(nn.Module):
             self.advance(torch.from_numpy(np.ascontiguousarray(h, dtype=np.float32)))
 
     def _enter(self, seed: int, theta0: torch.Tensor | None) -> None:
-        self.basis = Basis.for_module(self.module, self.num_coeffs, seed, self.arch, **self._basis_args)
+        self.basis = Basis.for_module(self.module, self.num_coeffs, seed, self.arch, **self._basis_args,
+                                      share=not self.history)
         if theta0 is not None:
             self.basis.theta0 = theta0
         self.load_theta(self.basis.theta0)

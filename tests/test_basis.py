@@ -27,6 +27,7 @@ from pranc_fed.basis import (
     unit_block,
 )
 from pranc_fed.models import build_model
+from pranc_fed.pranc import PrancModel
 
 M32 = 0xFFFFFFFF
 
@@ -242,6 +243,27 @@ def test_disk_cache_is_shared_not_regenerated(tmp_path) -> None:
     assert first.cache_file.stat().st_mtime_ns == before.st_mtime_ns and first.cache_file.stat().st_ino == before.st_ino
     a = torch.arange(64, dtype=torch.float32) / 64
     assert report["theta"] == first.expand(a)[:5].tolist()
+
+
+def test_auto_shares_the_disk_file_on_the_cpu_unless_it_cannot(tmp_path, monkeypatch) -> None:
+    """auto maps the shared file (what keeps a simulation's memory flat in its actors); a re-seeded
+    period's basis and a cache folder that cannot be written fall back to a private copy."""
+    monkeypatch.setenv("PRANC_FED_CACHE", str(tmp_path / "cache"))
+    model = build_model("lenet")
+    shared = Basis.for_module(model, 32, SEED, "lenet")
+    assert shared.cache_source == "disk-written" and shared.cache_file.parent == tmp_path / "cache" / "basis"
+    assert Basis.for_module(model, 32, SEED, "lenet").cache_source == "disk-hit"
+    assert Basis.for_module(model, 32, SEED, "lenet", share=False).cache_source == "memory"
+    pranc = PrancModel(build_model("lenet"), 32, seed=SEED, arch="lenet")
+    pranc.advance(torch.ones(32))
+    assert pranc.basis.cache_source == "memory" and len(list((tmp_path / "cache" / "basis").glob("*.basis"))) == 1
+    (tmp_path / "full").write_text("")        # a file where the cache folder should be: mkdir fails
+    monkeypatch.setenv("PRANC_FED_CACHE", str(tmp_path / "full"))
+    with pytest.warns(UserWarning, match="keeping the basis in memory"):
+        private = Basis.for_module(model, 32, SEED, "lenet")
+    assert private.cache_source == "memory" and torch.equal(private.matrix(), shared.matrix())
+    with pytest.raises(OSError):               # asked for explicitly, the disk cache does not fall back
+        Basis.for_module(model, 32, SEED, "lenet", cache="disk")
 
 
 def test_corrupt_disk_cache_is_rewritten(tmp_path) -> None:

@@ -73,8 +73,9 @@ Engines, caches and precision (none of them changes the definition above)
   ``~/.cache/pranc-fed/basis``; a 4096-byte JSON header, then the blocks row-major in
   ``cache_dtype``), written atomically under a lock, then memory-maps it read-only, so every
   process on the machine shares one copy through the page cache; ``none`` streams
-  freshly generated chunks under ``budget_mb``; ``auto`` is ``memory`` when it fits the
-  budget, else ``none``. A memory or disk cache must fit ``budget_mb``.
+  freshly generated chunks under ``budget_mb``; ``auto`` is ``disk`` on the CPU and ``memory``
+  on a GPU when B fits the budget, else ``none`` (``memory`` too for a re-seeded period's basis,
+  and where the cache folder is full or read-only). A memory or disk cache must fit ``budget_mb``.
 * ``cache_dtype``: ``float32`` stores the exact values. ``bfloat16`` / ``float16`` store
   each exact value rounded to nearest-even in that format (half the bytes); products still
   accumulate in float32 with float32 alpha and gradients, so the basis in use is the rounded

@@ -53,12 +53,14 @@ class Basis:
     cache: auto | memory | disk | none; cache_dtype: float32 | bfloat16 | float16 (cached
     copies only); engine: auto | torch | triton (triton: B generated inside GPU kernels,
     used by auto on CUDA when B is not cached; on the CPU only under TRITON_INTERPRET=1).
+    share: whether auto may use the disk file (a re-seeded period's basis is used for a few
+    rounds only; one file per period would pile up on disk).
     """
 
     def __init__(self, segments: list[Segment], num_coeffs: int, seed: int, arch: str,
                  layout: str = "global", budget_mb: float = 2048, cache: str = "auto",
                  device: torch.device | str = "cpu", cache_dtype: str = "float32",
-                 engine: str = "auto", cache_path: str | Path | None = None):
+                 engine: str = "auto", cache_path: str | Path | None = None, share: bool = True):
         if num_coeffs < 1:
             raise ValueError(f"num_coeffs must be >= 1, got {num_coeffs}")
         if not 0 <= seed < 2 ** 64:
@@ -90,11 +92,23 @@ class Basis:
         if cache in ("memory", "disk") and not fits:
             raise ValueError(f"the {cache_dtype} basis needs {nbytes / 2**20:.0f} MB but pranc.basis_budget_mb is "
                              f"{budget_mb}; raise the budget, use a smaller cache_dtype or cache: none")
-        if cache == "memory" or (cache == "auto" and fits and self.engine == "torch"):
+        chosen = cache
+        if cache == "auto":
+            # On the CPU every process of a machine (simulation actors, ClientApps) maps one file;
+            # a GPU keeps its own copy in device memory, generated there.
+            cached = fits and self.engine == "torch"
+            chosen = ("disk" if share and self.device.type == "cpu" else "memory") if cached else "none"
+        if chosen == "disk":
+            try:
+                self._cached = self._open_disk_cache(Path(cache_path) if cache_path else None)
+            except OSError as e:
+                if cache != "auto":
+                    raise
+                warnings.warn(f"{e}; keeping the basis in memory")   # a full or read-only cache folder
+                chosen = "memory"
+        if chosen == "memory":
             self._cached = [self._materialise(b) for b in self.blocks]
             self.cache_source = "memory"
-        elif cache == "disk":
-            self._cached = self._open_disk_cache(Path(cache_path) if cache_path else None)
 
     @classmethod
     def for_module(cls, module: nn.Module, num_coeffs: int, seed: int, arch: str, **kwargs) -> "Basis":
