@@ -1,13 +1,14 @@
 """Memory and time of a simulation as the number of clients grows (issue 15).
 
-    .venv/bin/python simulations/scale_memory.py [--clients 10 100 1000] [--caches auto disk] [--out runs/scale_memory]
+    .venv/bin/python simulations/scale_memory.py [--clients 10 100 1000] [--caches memory auto] [--out runs/scale_memory]
 
 Each run is `pranc-fed simulate configs/mnist_lenet.yaml` (LeNet, PRANC K = 5000, global basis) with N
 clients, 10 of them sampled per round, 2 rounds. While it runs, the proportional set size (PSS, so a
 page shared by several processes counts once in total) of the CLI and every process below it (SuperLink,
 ServerApp, Ray and its actors) is summed every half second. Reported: the peak of that sum, the time
-from the start to the end of round 1, and round 2's time. `pranc.cache` auto keeps each actor's own
-copy of the basis in memory; disk memory-maps one file that every actor shares. Writes scale_memory.json.
+from the start to the end of round 1, and round 2's time. `pranc.cache` memory keeps each actor's own
+copy of the basis; auto (the default, on the CPU) and disk memory-map one file that every actor shares.
+Writes scale_memory.json.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def run(clients: int, cache: str, out: Path) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[10, 100, 1000])
-    parser.add_argument("--caches", nargs="+", default=["auto", "disk"])
+    parser.add_argument("--caches", nargs="+", default=["memory", "auto"])
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "scale_memory")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
