@@ -176,8 +176,8 @@ class MethodsConfig:
 @dataclass
 class LoggingConfig:
     # Trackers that also get rounds.csv's rows (or `pranc-fed train`'s epochs), besides the files of
-    # out_dir: tensorboard (OUT/tensorboard; pip install tensorboard), wandb, mlflow (OUT/mlruns unless
-    # MLFLOW_TRACKING_URI is set). Any run: --set 'logging.report_to=[tensorboard]'
+    # out_dir: tensorboard (OUT/tensorboard; pip install tensorboard), wandb (OUT/wandb), mlflow
+    # (OUT/mlflow.db unless MLFLOW_TRACKING_URI is set). Any run: --set 'logging.report_to=[tensorboard]'
     report_to: list[str] = _f([], choices=("tensorboard", "wandb", "mlflow"))
     project: str = _f("pranc-fed")  # W&B project / MLflow experiment the runs go to
 
@@ -186,7 +186,7 @@ class LoggingConfig:
 class ExperimentConfig:
     name: str = _f("experiment")  # names the run and its output folder
     seed: int = _f(0, ge=0, lt=2**64)  # data partitioning, shuffling, client sampling, torch init
-    out_dir: str = _f("runs/{name}")  # where results go; "{name}" expands to name
+    out_dir: str = _f("runs/{name}")  # where results go; "{name}" expands to name; relative: to the working folder
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     pranc: PrancConfig = field(default_factory=PrancConfig)

@@ -1,6 +1,7 @@
 """Metrics trackers (logging.report_to): the rows of rounds.csv, or of `pranc-fed train`'s epochs,
-also go to TensorBoard (OUT/tensorboard), Weights & Biases or MLflow. rounds.csv and summary.json
-stay the record: a tracker that fails is dropped with one warning and the run goes on."""
+also go to TensorBoard (OUT/tensorboard), Weights & Biases (OUT/wandb) or MLflow (OUT/mlflow.db).
+rounds.csv and summary.json stay the record: a tracker that fails is dropped with one warning and
+the run goes on."""
 
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ class MlflowLogger:
         import mlflow
         self.mlflow = mlflow
         if "MLFLOW_TRACKING_URI" not in os.environ:  # keep the run's files together, as TensorBoard's are
-            mlflow.set_tracking_uri((out / "mlruns").resolve().as_uri())
+            # SQLite, MLflow's own default: MLflow 3 refuses a folder of files (./mlruns) unless opted in
+            mlflow.set_tracking_uri(f"sqlite:///{(out / 'mlflow.db').resolve()}")
         mlflow.set_experiment(cfg.logging.project)
         mlflow.start_run(run_name=cfg.name)
 

@@ -31,9 +31,11 @@ log = logging.getLogger("pranc_fed.server")
 
 
 def output_dir(cfg: ExperimentConfig) -> Path:
-    """Relative out_dir resolves against the app folder: the server process's cwd is Flower's choice."""
-    out = Path(cfg.resolved_out_dir())
-    return out if out.is_absolute() else APP_DIR / out
+    """A relative out_dir resolves against the ServerApp's working folder, as any path a ServerApp opens
+    does: the SuperLink's, which for `flwr run .`'s local SuperLink is the folder of the `flwr run` that
+    started it. Flower tells the ServerApp nothing of the folder `flwr run` ran in, and its copy of the
+    app (APP_DIR) moves with every change of the code, so a resumed run would not find its checkpoint."""
+    return cfg.resolved_out_dir().resolve()
 
 
 @app.main()

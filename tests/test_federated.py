@@ -251,3 +251,12 @@ def test_a_killed_run_resumes_to_the_same_final_model(tmp_path):
     assert extra[done + 1] < 2 * 64, extra
     ledger = lambda folder: list(csv.DictReader((folder / "ledger.csv").open()))  # noqa: E731
     assert len(ledger(killed)) == len(ledger(whole)) == 3 * 2 * 2
+
+
+def test_under_flwr_run_a_relative_out_dir_resolves_against_the_serverapps_working_folder(tmp_path, monkeypatch):
+    """Not Flower's copy of the app (its folder changes with the code); `pranc-fed simulate` passes
+    an absolute out_dir, which stays as it is."""
+    from pranc_fed.server_app import output_dir
+    monkeypatch.chdir(tmp_path)
+    assert output_dir(load_config(None, ["name=demo"])) == tmp_path.resolve() / "runs" / "demo"
+    assert output_dir(load_config(None, [f"out_dir={tmp_path}/abs/{{name}}"])) == tmp_path / "abs" / "experiment"

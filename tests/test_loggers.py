@@ -1,9 +1,12 @@
 """Progress bars (only on a terminal) and the metrics trackers of logging.report_to (loggers.py)."""
 
 import csv
+import importlib.util
 import io
 import json
+import struct
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -65,14 +68,72 @@ def test_train_reports_every_epoch_to_tensorboard(tmp_path):
     assert scalars(tmp_path / "tensorboard") == as_logged(summary["history"], "epoch")
 
 
-def test_simulation_reports_the_rows_of_rounds_csv_to_tensorboard(tmp_path):
-    pytest.importorskip("tensorboard")
+@pytest.fixture(scope="module")
+def simulation(tmp_path_factory) -> tuple[Path, list[dict]]:
+    """One small simulation reporting to every tracker installed (W&B offline, MLflow in its default
+    place under the out dir): its out dir and the rows of its rounds.csv."""
+    installed = [name for name in loggers.TRACKERS if importlib.util.find_spec(name)]
+    if not installed:
+        pytest.skip("no tracker installed (pip install tensorboard wandb mlflow)")
+    out = tmp_path_factory.mktemp("simulation")
     overrides = ["federation.rounds=2", "federation.num_clients=2", "pranc.num_coeffs=100", "data.train_subset=600",
-                 "data.test_subset=200", "data.server_val_size=100", "logging.report_to=[tensorboard]"]
-    assert simulate("configs/mnist_lenet.yaml", overrides, load_config("configs/mnist_lenet.yaml", overrides), tmp_path)
-    rows = list(csv.DictReader((tmp_path / "rounds.csv").open()))
-    logged = scalars(tmp_path / "tensorboard")
+                 "data.test_subset=200", "data.server_val_size=100", f"logging.report_to=[{', '.join(installed)}]"]
+    with pytest.MonkeyPatch.context() as env:  # Flower's processes inherit this environment
+        env.setenv("WANDB_MODE", "offline")
+        env.delenv("MLFLOW_TRACKING_URI", raising=False)
+        assert simulate("configs/mnist_lenet.yaml", overrides, load_config("configs/mnist_lenet.yaml", overrides), out)
+    return out, list(csv.DictReader((out / "rounds.csv").open()))
+
+
+def test_simulation_reports_the_rows_of_rounds_csv_to_tensorboard(simulation):
+    pytest.importorskip("tensorboard", reason="tensorboard is not installed")
+    out, rows = simulation
+    logged = scalars(out / "tensorboard")
     assert logged == as_logged(rows, "round") and len(logged["test_accuracy"]) == 3 and "val_accuracy" in logged
+
+
+def wandb_scalars(out: Path) -> dict[str, list[tuple[int, float]]]:
+    """{name: [(step, value), ...]} of the history in the offline run's .wandb file. wandb ships no
+    reader for it: its framing is LevelDB's log format (32 KiB blocks; each piece of a record has a
+    7-byte header: crc32c, length, kind, where 1 (whole) and 4 (last) end a record), and each record
+    is one of wandb's protobuf Records."""
+    from wandb.proto.wandb_internal_pb2 import Record
+    [run_file] = (out / "wandb").glob("offline-run-*/run-*.wandb")
+    data, block = run_file.read_bytes(), 32768
+    assert data[:4] == b":W&B"
+    logged: dict[str, list[tuple[int, float]]] = {}
+    position, record = 7, b""  # after the file's header: ":W&B", magic, version
+    while position + 7 <= len(data):
+        if block - position % block < 7:  # a block's tail too short for a header is padding
+            position += block - position % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[position:position + 7])
+        record, position = record + data[position + 7:position + 7 + length], position + 7 + length
+        if kind in (1, 4):
+            history = Record.FromString(record).history
+            items = {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in history.item}
+            for name, value in items.items():
+                if not name.startswith("_"):  # wandb's own: _step, _runtime, _timestamp
+                    logged.setdefault(name, []).append((items["_step"], value))
+            record = b""
+    return logged
+
+
+def test_simulation_reports_the_rows_of_rounds_csv_to_wandb(simulation):
+    pytest.importorskip("wandb", reason="wandb is not installed (it is optional: pip install wandb)")
+    out, rows = simulation
+    assert wandb_scalars(out) == as_logged(rows, "round")
+
+
+def test_simulation_reports_the_rows_of_rounds_csv_to_mlflow(simulation):
+    pytest.importorskip("mlflow", reason="mlflow is not installed (it is optional: pip install mlflow)")
+    from mlflow import MlflowClient
+    out, rows = simulation
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    [run] = client.search_runs([client.get_experiment_by_name("pranc-fed").experiment_id])
+    logged = {name: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, name))
+              for name in run.data.metrics}
+    assert run.info.run_name == "mnist_lenet" and logged == as_logged(rows, "round")
 
 
 @pytest.mark.parametrize("fails_in", ["__init__", "log"])
