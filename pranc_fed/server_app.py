@@ -15,8 +15,9 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from . import atomic_write
+from .cli import preflight
 from .config import ConfigError, ExperimentConfig, config_from_dict, config_from_run_config, config_to_dict
-from .data import load_configured, make_loader
+from .data import DatasetError, load_configured, make_loader
 from .loggers import MetricLoggers
 from .methods import get_method
 from .pranc import PrancModel
@@ -40,8 +41,20 @@ def output_dir(cfg: ExperimentConfig) -> Path:
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    cfg = config_from_run_config(context.run_config, APP_DIR)
+    cfg = checked_config(context)
     run_federated(grid, cfg, output_dir(cfg))
+
+
+def checked_config(context: Context) -> ExperimentConfig:
+    """The run's config after the CLI's pre-flight checks, which a bare `flwr run` never ran. A failure
+    prints its one-line reason first: Flower follows it with a traceback and records the run as failed."""
+    try:
+        cfg = config_from_run_config(context.run_config, APP_DIR)
+        preflight(cfg)
+    except (ConfigError, DatasetError) as e:
+        print(f"[pranc-fed] error: {e}", flush=True)
+        raise
+    return cfg
 
 
 def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path) -> dict:

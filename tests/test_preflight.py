@@ -40,3 +40,20 @@ def test_a_supernode_count_that_differs_from_the_config_is_refused_with_the_fix(
                       {"config-file": "configs/mnist_lenet.yaml", "overrides": ""})
     with pytest.raises(ValueError, match="partition 0 of 2 but federation.num_clients is 3.*num-supernodes=3"):
         client_app.node_for(context)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.arch=lenett", "model.arch: unknown model architecture 'lenett'"),
+    ("model.arch=lenet_cifar", "cannot take the 1x28x28 images"),
+])
+def test_under_a_bare_flwr_run_the_serverapp_prints_the_one_line_reason(override, message, capsys):
+    """`flwr run .` skips the CLI: the ServerApp runs the same checks, and the reason is the first
+    line its log stream shows (Flower then adds its traceback and marks the run failed)."""
+    from flwr.app import Context, RecordDict
+    from pranc_fed.config import ConfigError
+    from pranc_fed.server_app import checked_config
+    context = Context(1, 0, {}, RecordDict(), {"config-file": "configs/mnist_lenet.yaml", "overrides": override})
+    with pytest.raises(ConfigError):
+        checked_config(context)
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith("[pranc-fed] error: ") and message in out[0], out
