@@ -70,6 +70,11 @@ def created_at(pid: int) -> float | None:
     return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME) + ticks / CLOCK_TICKS
 
 
+def deployment_pss(deployment: Deployment) -> int:
+    """Summed PSS of the SuperLink, the SuperNodes and every process below them."""
+    return tree_pss([deployment.superlink.pid, *(p.pid for p in deployment.nodes.values())])
+
+
 class Sampler:
     """A thread that samples the deployment's summed PSS and its ClientApp processes (module docstring)."""
 
@@ -90,8 +95,7 @@ class Sampler:
 
     def _loop(self) -> None:
         while not self.stop.wait(self.period):
-            roots = [self.deployment.superlink.pid, *(p.pid for p in self.deployment.nodes.values())]
-            self.peak_pss = max(self.peak_pss, tree_pss(roots))
+            self.peak_pss = max(self.peak_pss, deployment_pss(self.deployment))
             now = time.time()
             for node, pids in self.deployment.clientapps().items():
                 for pid in pids:
@@ -153,7 +157,8 @@ def disk_cache_write(cache_dir: Path, first_clientapp: float | None) -> dict | N
 
 def summarise(rows: list[dict]) -> dict:
     """Mean and max of each time of messages(), per round and over all messages."""
-    groups = {"all": rows, **{f"round {r}": [m for m in rows if m["round"] == r] for r in sorted({m["round"] for m in rows})}}
+    rounds = sorted({m["round"] for m in rows})
+    groups = {"all": rows, **{f"round {r}": [m for m in rows if m["round"] == r] for r in rounds}}
     summary = {}
     for name, group in groups.items():
         summary[name] = {}
@@ -176,8 +181,7 @@ def measure(cache: str, args: argparse.Namespace, overrides: list[str]) -> dict:
             started = time.perf_counter()
             deployment.start(args.nodes)
             result["nodes_connected_s"] = round(time.perf_counter() - started, 1)
-            result["idle_pss_gb"] = round(tree_pss([deployment.superlink.pid,
-                                                    *(p.pid for p in deployment.nodes.values())]) / 1e9, 3)
+            result["idle_pss_gb"] = round(deployment_pss(deployment) / 1e9, 3)
             print(f"[deploy-scale] cache={cache}: {args.nodes} SuperNodes connected in "
                   f"{result['nodes_connected_s']} s, idle PSS {result['idle_pss_gb']} GB", flush=True)
             result["load_average_at_submit"] = os.getloadavg()  # other work on the machine slows every time
