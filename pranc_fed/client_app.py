@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.logger import log
 
 from .basis import FingerprintMismatch
 from .config import ExperimentConfig, config_from_dict, config_from_run_config, config_to_dict
@@ -78,6 +81,8 @@ def node_for(context: Context) -> Node:
 def _start(msg: Message, context: Context) -> tuple[Node, dict[str, np.ndarray]]:
     """Check the fingerprint, then load the broadcast state into the model."""
     node = node_for(context)
+    # Start cost (simulations/deploy_scale.py): shown only with FLWR_LOG_LEVEL=DEBUG.
+    log(logging.DEBUG, "[pranc-fed] ClientApp %d ready", os.getpid())
     received = msg.content["config"].get("fingerprint")
     if received != node.fingerprint:
         raise FingerprintMismatch(f"server fingerprint {received!r} differs from this client's "

@@ -134,10 +134,11 @@ def make_node_key(folder: Path, name: str) -> tuple[Path, Path]:
 class Deployment(FlowerRun):
     """A SuperLink and SuperNodes on loopback, or with `network` (a pranc_fed.netns.Network) the
     SuperLink (and `flwr`) in network.superlink_netns on network.superlink_host and SuperNode `name`
-    in network.node_netns(name); `stop()` (or leaving the `with`) ends them all."""
+    in network.node_netns(name); `stop()` (or leaving the `with`) ends them all. `node_env` adds to the
+    SuperNodes' environment only, which their ClientApps inherit (e.g. FLWR_LOG_LEVEL=DEBUG)."""
 
     def __init__(self, out: Path, tls: bool = False, auth: bool = False, certs: Path | None = None,
-                 network=None):
+                 network=None, node_env: dict[str, str] | None = None):
         if auth and not tls:
             raise ValueError("SuperNode authentication needs TLS: pass tls=True (--tls) as well")
         out = self.out = out.resolve()  # Flower's processes run in the app folder: absolute paths only
@@ -150,6 +151,7 @@ class Deployment(FlowerRun):
                          netns=network.superlink_netns if network else None)
         self.network = network
         self.auth = auth
+        self.node_env = node_env or {}
         self.nodes: dict[str, subprocess.Popen] = {}
         self.node_configs: dict[str, str] = {}  # what a restarted node is started with again
         self.node_keys: dict[str, Path] = {}
@@ -194,7 +196,7 @@ class Deployment(FlowerRun):
         self.node_configs[name] = node_config
         if key is not None:
             self.node_keys[name] = key
-        self.nodes[name] = self.spawn(name, args, env={"FLWR_HOME": str(home)},
+        self.nodes[name] = self.spawn(name, args, env={**self.node_env, "FLWR_HOME": str(home)},
                                       netns=self.network.node_netns(name) if self.network else None)
         return self.nodes[name]
 

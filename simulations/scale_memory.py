@@ -37,6 +37,12 @@ def pss_bytes(pid: int) -> int:
     return 0
 
 
+def tree_pss(roots: list[int]) -> int:
+    """PSS of the processes `roots` and every process below them, summed: the memory they hold together."""
+    pids = {d for root in roots for d in [root, *descendants(root)]}
+    return sum(pss_bytes(pid) for pid in pids)
+
+
 def run(clients: int, cache: str, out: Path) -> dict:
     overrides = [f"federation.num_clients={clients}", f"federation.fraction_train={10 / clients:g}",
                  "federation.min_train_clients=2", "federation.rounds=2", f"pranc.cache={cache}"]
@@ -46,7 +52,7 @@ def run(clients: int, cache: str, out: Path) -> dict:
     process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     peak = 0
     while process.poll() is None:
-        peak = max(peak, sum(pss_bytes(p) for p in [process.pid, *descendants(process.pid)]))
+        peak = max(peak, tree_pss([process.pid]))
         time.sleep(0.5)
     wall = time.perf_counter() - started
     with (out / "rounds.csv").open() as f:
