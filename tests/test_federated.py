@@ -246,7 +246,7 @@ def test_a_killed_run_resumes_to_the_same_final_model(tmp_path):
     rounds = lambda folder: [{k: v for k, v in r.items() if k not in ("wall_seconds", *uplink)}  # noqa: E731
                              for r in csv.DictReader((folder / "rounds.csv").open())]
     assert rounds(killed) == rounds(whole)
-    # Only the uplink differs: each client names its partition in its first reply of a run, so the
+    # Only the uplink differs: each client names its partition and worker in its first reply of a run, so the
     # resumed run's first round carries those few bytes again.
     up = lambda folder: [int(r["up_bytes"]) for r in csv.DictReader((folder / "rounds.csv").open())]  # noqa: E731
     extra = [k - w for k, w in zip(up(killed), up(whole))]
