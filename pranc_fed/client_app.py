@@ -4,9 +4,12 @@ train on this node's partition, reply with what the method sends (for PRANC: alp
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import os
+import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,11 +24,12 @@ from .config import ExperimentConfig, config_from_dict, config_from_run_config, 
 from .data import TensorImageDataset, client_split, load_configured, make_loader, partition_indices
 from .methods import Method, get_method
 from .methods.base import keep_optimizer, restore_optimizer
+from .strategy import WORKER_IDS
 from .training import evaluate, federated_train_sets, resolve_device, train_steps
 
 APP_DIR = Path(__file__).resolve().parents[1]
 MEMORY_KEY = "method-memory"
-PARTITION_SENT_KEY = "partition-sent"
+IDENTITY_SENT_KEY = "identity-sent"
 
 app = ClientApp()
 
@@ -91,12 +95,23 @@ def _start(msg: Message, context: Context) -> tuple[Node, dict[str, np.ndarray]]
     return node, memory
 
 
+def worker_id() -> int:
+    """This machine as a metric (strategy.WORKER_IDS): under Ray (a simulation's clients run in Ray
+    actors) the first 56 bits of the Ray node's id, elsewhere 56 bits of a hash of the host name."""
+    ray = sys.modules.get("ray")  # loaded in Ray's actors; a SuperNode's ClientApp never imports it
+    if ray is not None and ray.is_initialized():
+        bits = int(ray.get_runtime_context().get_node_id()[:14], 16)
+    else:
+        bits = int.from_bytes(hashlib.blake2b(socket.gethostname().encode(), digest_size=7).digest(), "big")
+    return WORKER_IDS.start + bits
+
+
 def _metrics(context: Context, values: dict[str, int | float]) -> MetricRecord:
-    """A reply's metrics; a node's first reply of a run also says which data partition it holds, so the
-    server's ledger can name it (a Flower node id says nothing about the data)."""
-    if PARTITION_SENT_KEY not in context.state:
-        context.state[PARTITION_SENT_KEY] = ConfigRecord({"sent": True})
-        values = values | {"partition-id": int(context.node_config["partition-id"])}
+    """A reply's metrics; a node's first reply of a run also says which data partition it holds and
+    which machine runs it, so the server's ledger can name them (a Flower node id says neither)."""
+    if IDENTITY_SENT_KEY not in context.state:
+        context.state[IDENTITY_SENT_KEY] = ConfigRecord({"sent": True})
+        values = values | {"partition-id": int(context.node_config["partition-id"]), "worker-id": worker_id()}
     return MetricRecord(values)
 
 

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from .strategy import MethodStrategy
 
 CHECKPOINT = "checkpoint.npz"  # the server's state after the last complete round (--resume)
-LEDGER_FIELDS = ["round", "node", "partition", "phase", "direction", "bytes"]
+LEDGER_FIELDS = ["round", "node", "partition", "worker", "phase", "direction", "bytes"]
 ROUND_FIELDS = ["round", "clients", "received", "dropped", "up_bytes", "down_bytes", "cum_up_bytes",
                 "cum_down_bytes", "cum_bytes", "train_loss", "val_accuracy", "test_accuracy", "test_loss", "wall_seconds"]
 

@@ -25,9 +25,24 @@ from .results import Evaluation, RunRecorder
 log = logging.getLogger("pranc_fed.strategy")
 
 # The metrics a reply may carry, per phase; anything else is dropped with the reply.
-# partition-id comes once per node and run, so ledger.csv can name the partition behind a node id.
-REPLY_METRICS = {"train": ("num-examples", "train-loss", "partition-id"),
-                 "evaluate": ("num-examples", "val-loss", "val-accuracy", "partition-id")}
+# partition-id and worker-id come once per node and run, so ledger.csv can name the data partition
+# and the machine behind a node id.
+REPLY_METRICS = {"train": ("num-examples", "train-loss", "partition-id", "worker-id"),
+                 "evaluate": ("num-examples", "val-loss", "val-accuracy", "partition-id", "worker-id")}
+# A worker id is 56 bits naming a machine (client_app.worker_id) plus bit 63, which makes every id
+# a 10-byte varint: a run's bytes do not depend on the machines it ran on.
+WORKER_IDS = range(1 << 63, (1 << 63) + (1 << 56))
+
+
+def worker_name(worker_id: int) -> str:
+    """A worker id as ledger.csv writes it: the 14 hex digits its machine's Ray node id starts with."""
+    return f"{worker_id - WORKER_IDS.start:014x}"
+
+
+def check_integer(key: str, value, allowed: range) -> None:
+    """Refuse a reply whose integer field `key` is not an int in `allowed`."""
+    if not isinstance(value, int) or isinstance(value, bool) or value not in allowed:
+        raise InvalidReply(f"{key} {value!r} is not an integer in [{allowed.start}, {allowed.stop - 1}]")
 
 
 def content_size(content: RecordDict) -> int:
@@ -71,6 +86,7 @@ class MethodStrategy(FedAvg):
         self.rounds: list[RoundStats] = []
         self.ledger: list[dict] = []  # one row per message: round, node, phase, direction, bytes
         self.partitions: dict[int, int] = {}  # node -> the data partition it said it holds (ledger_rows)
+        self.workers: dict[int, int] = {}  # node -> the worker id of the machine that ran its first reply
         self.sent: list[Message] = []  # this phase's instructions (Flower sets their ids when it pushes them)
         self.server_memory: dict[str, np.ndarray] = {}  # the method's own server state (feedback, posteriors)
         self.node_periods: dict[int, int] = {}  # node -> the method's period its last accepted reply was in
@@ -102,6 +118,7 @@ class MethodStrategy(FedAvg):
         version, internal, gauss = self.rng.getstate()
         meta = {"rng": [version, list(internal), gauss], "rounds": [dataclasses.asdict(r) for r in self.rounds],
                 "ledger": self.ledger, "partitions": {str(k): v for k, v in self.partitions.items()},
+                "workers": {str(k): v for k, v in self.workers.items()},
                 "node_periods": {str(k): v for k, v in self.node_periods.items()},
                 "method": self.method.checkpoint()}
         return arrays, meta
@@ -117,6 +134,7 @@ class MethodStrategy(FedAvg):
         self.rounds = [RoundStats(**r) for r in meta["rounds"]]
         self.ledger = meta["ledger"]
         self.partitions = {int(k): v for k, v in meta.get("partitions", {}).items()}  # none in older checkpoints
+        self.workers = {int(k): v for k, v in meta.get("workers", {}).items()}
         self.node_periods = {int(k): v for k, v in meta["node_periods"].items()}
         self.method.restore(meta["method"])
 
@@ -179,12 +197,11 @@ class MethodStrategy(FedAvg):
                 raise InvalidReply(f"unexpected metric {quoted(key)}; known: {', '.join(REPLY_METRICS[phase])}")
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
                 raise InvalidReply(f"metric {key!r} is {quoted(value)}, not a finite number")
-        partition = metrics.get("partition-id", 0)
-        if not isinstance(partition, int) or not 0 <= partition < self.cfg.federation.num_clients:
-            raise InvalidReply(f"partition-id {partition!r} is not an integer in [0, {self.cfg.federation.num_clients})")
         examples = metrics.get("num-examples")
-        if not isinstance(examples, int) or isinstance(examples, bool) or not 0 < examples <= self.cfg.federation.max_num_examples:
-            raise InvalidReply(f"num-examples {examples!r} is not an integer in [1, {self.cfg.federation.max_num_examples}]")
+        check_integer("num-examples", examples, range(1, self.cfg.federation.max_num_examples + 1))
+        for key, allowed in (("partition-id", range(self.cfg.federation.num_clients)), ("worker-id", WORKER_IDS)):
+            if key in metrics:
+                check_integer(key, metrics[key], allowed)
         return examples, metrics
 
     def _receive(self, server_round: int, replies: Iterable[Message], phase: str):
@@ -216,15 +233,19 @@ class MethodStrategy(FedAvg):
             else:
                 if "partition-id" in metrics:
                     self.partitions[node] = int(metrics["partition-id"])
+                if "worker-id" in metrics:
+                    self.workers[node] = int(metrics["worker-id"])
                 yield node, examples, metrics, msg.content.get("arrays")
         for node in sorted(silent):
             self._drop(server_round, phase, node, InvalidReply(
                 f"no reply within federation.round_timeout ({self.cfg.federation.round_timeout:g} s)"))
 
     def ledger_rows(self) -> list[dict]:
-        """ledger.csv: every message, with the data partition of its node where the node has named it
-        (in its first reply, so earlier rows of that node get it too)."""
-        return [row | {"partition": self.partitions.get(row["node"], "")} for row in self.ledger]
+        """ledger.csv: every message, with the data partition and the worker (the machine) of its node
+        where the node has named them (in its first reply, so earlier rows of that node get them too)."""
+        return [row | {"partition": self.partitions.get(row["node"], ""),
+                       "worker": worker_name(self.workers[row["node"]]) if row["node"] in self.workers else ""}
+                for row in self.ledger]
 
     def _drop(self, server_round: int, phase: str, node: int, reason: Exception) -> None:
         text = str(reason) if isinstance(reason, InvalidReply) else f"{type(reason).__name__}: {quoted(str(reason))}"

@@ -129,6 +129,7 @@ def test_simulation_end_to_end(tmp_path):
     assert len(ledger) == 2 * 3 * 2  # rounds x clients x directions
     partition_of = {row["node"]: row["partition"] for row in ledger}
     assert sorted(partition_of.values()) == ["0", "1", "2"] and all(row["partition"] != "" for row in ledger)
+    assert {len(row["worker"]) for row in ledger} == {14}  # every node named the machine it ran on
 
 
 def test_a_malformed_quantised_reply_is_dropped_by_the_strategy() -> None:
@@ -147,7 +148,7 @@ def test_a_malformed_quantised_reply_is_dropped_by_the_strategy() -> None:
 
 @pytest.mark.parametrize("bad", ["list-metric", "nan-metric", "unknown-metric", "string-metric", "extra-config",
                                  "oversized-array", "oversized-string",
-                                 "decoder-crash", "log-forgery", "foreign-partition"])
+                                 "decoder-crash", "log-forgery", "foreign-partition", "unmarked-worker"])
 def test_no_reply_can_crash_the_server_or_forge_its_log(bad, monkeypatch, caplog):
     """Whatever one reply holds, it is dropped with its reason; the other replies aggregate."""
     strategy, _ = make_strategy()
@@ -179,6 +180,8 @@ def test_no_reply_can_crash_the_server_or_forge_its_log(bad, monkeypatch, caplog
         config["fingerprint"] = "x\n[pranc-fed] round 12/12  test acc 0.9999\n"
     elif bad == "foreign-partition":
         metrics["partition-id"] = 10**6
+    elif bad == "unmarked-worker":
+        metrics["worker-id"] = 5  # without bit 63 its size would depend on the machine
     strategy.aggregate_train(1, [reply(1, strategy, good), msg])
     np.testing.assert_array_equal(strategy.state["alpha"], good)
     reason = strategy.rounds[-1].dropped["2"]
@@ -243,7 +246,7 @@ def test_a_killed_run_resumes_to_the_same_final_model(tmp_path):
     rounds = lambda folder: [{k: v for k, v in r.items() if k not in ("wall_seconds", *uplink)}  # noqa: E731
                              for r in csv.DictReader((folder / "rounds.csv").open())]
     assert rounds(killed) == rounds(whole)
-    # Only the uplink differs: each client names its partition in its first reply of a run, so the
+    # Only the uplink differs: each client names its partition and worker in its first reply of a run, so the
     # resumed run's first round carries those few bytes again.
     up = lambda folder: [int(r["up_bytes"]) for r in csv.DictReader((folder / "rounds.csv").open())]  # noqa: E731
     extra = [k - w for k, w in zip(up(killed), up(whole))]
