@@ -165,30 +165,20 @@ def test_malformed_overrides():
     assert "not a config section" in _error(["name.x=1"])
 
 
-def test_file_errors(tmp_path):
-    missing = tmp_path / "nope.yaml"
-    with pytest.raises(ConfigError, match="nope.yaml"):
-        load_config(missing)
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("federation:\n  rounds: [1, 2\n")
-    with pytest.raises(ConfigError, match="bad.yaml.*not valid YAML"):
-        load_config(bad)
-    listy = tmp_path / "list.yaml"
-    listy.write_text("- a\n- b\n")
-    with pytest.raises(ConfigError, match="list.yaml.*mapping"):
-        load_config(listy)
-    dup = tmp_path / "dup.yaml"
-    dup.write_text("federation:\n  rounds: 1\n  rounds: 2\n")
-    with pytest.raises(ConfigError, match="dup.yaml.*duplicate key 'rounds'"):
-        load_config(dup)
-    wrong = tmp_path / "wrong.yaml"
-    wrong.write_text("federation:\n  rounds: three\n")
-    with pytest.raises(ConfigError, match="wrong.yaml: federation.rounds: expected int"):
-        load_config(wrong)
-    section = tmp_path / "section.yaml"
-    section.write_text("federation: 3\n")
-    with pytest.raises(ConfigError, match="federation: expected a mapping"):
-        load_config(section)
+@pytest.mark.parametrize("text, expected", [
+    (None, "nope.yaml"),
+    ("federation:\n  rounds: [1, 2\n", "nope.yaml.*not valid YAML"),
+    ("- a\n- b\n", "nope.yaml.*mapping"),
+    ("federation:\n  rounds: 1\n  rounds: 2\n", "nope.yaml.*duplicate key 'rounds'"),
+    ("federation:\n  rounds: three\n", "nope.yaml: federation.rounds: expected int"),
+    ("federation: 3\n", "federation: expected a mapping"),
+])
+def test_file_errors(text, expected, tmp_path):
+    path = tmp_path / "nope.yaml"   # missing when text is None
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(ConfigError, match=expected):
+        load_config(path)
 
 
 def test_file_then_overrides(tmp_path):
