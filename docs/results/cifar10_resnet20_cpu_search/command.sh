@@ -4,8 +4,8 @@
 # (3 of 10 clients a round, 20 local steps of batch 64, 10 rounds, 2,000 test images) on this 2-core CPU,
 # now with every client keeping its Adam state and the same learning-rate search for every run: multipliers
 # 0.3, 1 and 3 of each method's own lr for 3 rounds, scored on 2,000 training images the server holds out
-# (data.server_val_size), never on the test set. Session 6 ran it in two steps (K = 10000 P4 first, then the
-# lists below, which compare resumed); the result is the same as one run of this command.
+# (data.server_val_size), never on the test set. Session 6 ran it in two steps: first with K = 10000 and P = 4
+# only, then this command, which kept those finished runs (same config) and ran the other three PRANC settings.
 # JPEG CIFAR-10 unpacked outside the project:
 #   mkdir -p /tmp/cifar10 && tar xJf ../shared/data/cifar10-jpeg.tar.xz -C /tmp/cifar10
 exec .venv/bin/pranc-fed compare configs/cifar10_resnet20.yaml \
