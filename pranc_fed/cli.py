@@ -137,6 +137,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import compare, plan
+    if args.seeds:
+        args.overrides = [*args.overrides, f"methods.seeds=[{', '.join(map(str, args.seeds))}]"]
     _, out = _load(args)
     planned = plan(args.config, args.overrides)
     for run in planned:
@@ -267,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="run every method of methods.compare on one harness and compare "
                                        "accuracy against bytes (resumable)")
     _config_args(p)
+    p.add_argument("--seeds", type=int, nargs="+", metavar="N", help="run every method once per seed (partitions, "
+                   "init, sampling and basis follow it); the same as --set 'methods.seeds=[N, ...]'")
     p.set_defaults(run=cmd_compare)
     p = sub.add_parser("plot", help="draw test accuracy against rounds and against bytes for run folders side by side")
     p.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR",

@@ -5,6 +5,7 @@ seeds; then one table of accuracy against cumulative bytes.
 
     DIR/<method>-<setting>/      one simulation each (rounds.csv, summary.json, ...); a folder that
                                  already holds summary.json of the same config is not run again
+                                 (with methods.seeds: DIR/<method>-<setting>/seed<N>/, one per seed)
     DIR/lr_search/               with methods.lr_search: one short run per method and lr multiplier
     DIR/lr_search.csv            those runs' final accuracies and the lr each method then ran with
     DIR/comparison.csv           one row per run per round (columns CSV_FIELDS)
@@ -12,6 +13,9 @@ seeds; then one table of accuracy against cumulative bytes.
                                  bytes per client per round up and down, uplink bits per model weight
                                  per round; computed from comparison.csv
     DIR/accuracy_vs_bytes.png    test accuracy against cumulative MB (log x), one line per run
+    DIR/seeds.csv                with methods.seeds: one row per run and seed (final and best test accuracy,
+                                 total bytes, bytes to each target); comparison.md then adds mean +- 95%
+                                 interval (Student t) over the seeds of each setting
 
 MB = 10^6 bytes, counted from the messages as Flower serialises them (both directions).
 
@@ -19,7 +23,8 @@ Learning rates get the same search budget for every method: each multiplier of m
 scales the method's own lr (train.lr, or pranc.alpha_lr for pranc) for a run of
 methods.lr_search_rounds rounds, and the full run uses the one with the best final accuracy on the
 server's validation split (data.server_val_size training examples no client trains on; ties go to
-the earlier multiplier). The test set only reports.
+the earlier multiplier). The test set only reports. With methods.seeds the search runs at the first seed
+and its lr serves every seed; each seed sets `seed` (partitions, init, sampling) and pranc.basis_seed.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from .methods import get_method
 
 # comparison.csv's columns and their types: lr and params (the model's weights, from summary.json) per
 # run, the rest from each run's rounds.csv. Columns added later read as None from older files.
-CSV_TYPES = {"method": str, "setting": str, "lr": float, "round": int, "cum_up_bytes": int, "cum_down_bytes": int,
+CSV_TYPES = {"method": str, "setting": str, "seed": int, "lr": float, "round": int, "cum_up_bytes": int, "cum_down_bytes": int,
              "cum_bytes": int, "test_accuracy": float, "clients": int, "received": int, "val_accuracy": float,
              "params": int}
 CSV_FIELDS = list(CSV_TYPES)
@@ -49,6 +54,7 @@ class Run:
     overrides: list[str]  # the user's overrides plus this run's method settings
     cfg: ExperimentConfig
     lr_key: str  # config key of the learning rate the method trains with
+    seed: int | None = None  # one of methods.seeds; None: the config's seed, in DIR/<label> as before seeds existed
 
     @property
     def label(self) -> str:
@@ -61,12 +67,28 @@ class Run:
 
     def with_overrides(self, config_path: str | Path, *extra: str) -> Run:
         overrides = [*self.overrides, *extra]
-        return Run(self.method, self.setting, overrides, load_config(config_path, overrides), self.lr_key)
+        return Run(self.method, self.setting, overrides, load_config(config_path, overrides), self.lr_key, self.seed)
+
+    def with_seed(self, config_path: str | Path, seed: int | None) -> Run:
+        if seed is None:
+            return self
+        seeded = self.with_overrides(config_path, *_seed_overrides(seed))
+        seeded.seed = seed
+        return seeded
+
+    def folder(self, out: Path) -> Path:
+        return out / self.label if self.seed is None else out / self.label / f"seed{self.seed}"
+
+
+def _seed_overrides(seed: int) -> list[str]:
+    return [f"seed={seed}", f"pranc.basis_seed={seed}"]
 
 
 def plan(config_path: str | Path, overrides: list[str]) -> list[Run]:
     """The runs of a comparison, in methods.compare order (pranc once per K)."""
     cfg = load_config(config_path, overrides)
+    if cfg.methods.seeds:  # the lr search runs at the first seed
+        overrides = [*overrides, *_seed_overrides(cfg.methods.seeds[0])]
     runs = []
     for name in dict.fromkeys(cfg.methods.compare):
         m = cfg.methods
@@ -97,7 +119,7 @@ def _codec_overrides(codecs: str) -> list[str]:
 NOT_RUN_SETTINGS = ("out_dir", "methods.compare", "methods.compare_num_coeffs", "methods.compare_codecs",
                     "methods.compare_reseed_periods",
                     "methods.target_accuracy",
-                    "methods.lr_search", "methods.lr_search_rounds", "logging")
+                    "methods.lr_search", "methods.lr_search_rounds", "methods.seeds", "logging")
 
 
 def _run_settings(cfg: ExperimentConfig) -> dict:
@@ -136,14 +158,19 @@ def compare(config_path: str | Path, overrides: list[str], out: Path,
     if planned is None:
         planned = plan(config_path, overrides)
     runs, failed, trials = [], [], []
+    seeds = planned[0].cfg.methods.seeds or [None]
     for i, run in enumerate(planned, 1):
         step = f"{i}/{len(planned)} {run.label}"
         tuned, tried = search_lr(config_path, run, out, simulate, lambda m: log(f"[compare] {step} {m}"))
         trials += tried
-        if tuned and execute(config_path, tuned, out / run.label, simulate, lambda m: log(f"[compare] {step}: {m}")):
-            runs.append(tuned)
-        else:
-            failed.append(run.label)
+        for seed in seeds:
+            seeded = tuned and tuned.with_seed(config_path, seed)
+            name = step if seed is None else f"{step} seed {seed}"
+            if seeded and execute(config_path, seeded, seeded.folder(out), simulate,
+                                  lambda m: log(f"[compare] {name}: {m}")):
+                runs.append(seeded)
+            else:
+                failed.append(run.label if seed is None else f"{run.label} (seed {seed})")
     if trials:
         write_csv(trials, out / "lr_search.csv", LR_SEARCH_FIELDS)
     else:  # a search table left by an earlier comparison in this folder would misdescribe this one
@@ -203,10 +230,11 @@ def collect(runs: list[Run], out: Path) -> list[dict]:
     """comparison.csv's rows from each finished run's rounds.csv."""
     rows = []
     for run in runs:
-        params = json.loads((out / run.label / "summary.json").read_text())["param_count"]
-        with (out / run.label / "rounds.csv").open(newline="") as f:
+        params = json.loads((run.folder(out) / "summary.json").read_text())["param_count"]
+        with (run.folder(out) / "rounds.csv").open(newline="") as f:
             for r in csv.DictReader(f):
-                rows.append(_typed(r | {"method": run.method, "setting": run.setting, "lr": run.lr, "params": params}))
+                rows.append(_typed(r | {"method": run.method, "setting": run.setting, "seed": run.seed, "lr": run.lr,
+                                        "params": params}))
     return rows
 
 
@@ -229,11 +257,11 @@ def read_csv(path: Path) -> list[dict]:
 def summarize(rows: list[dict], targets: list[float]) -> list[dict]:
     """Per run (in order of first appearance): the numbers comparison.md reports; "to_target" holds
     (MB, round) per target, None where the run never reached it."""
-    groups: dict[tuple[str, str], list[dict]] = {}
+    groups: dict[tuple[str, str, int | None], list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["method"], r["setting"]), []).append(r)
+        groups.setdefault((r["method"], r["setting"], r["seed"]), []).append(r)
     out = []
-    for (method, setting), rs in groups.items():
+    for (method, setting, seed), rs in groups.items():
         rs = sorted(rs, key=lambda r: r["round"])
         last, trained = rs[-1], [r for r in rs if r["round"] > 0]  # round 0 is the initial model
         to_target = {}
@@ -243,7 +271,7 @@ def summarize(rows: list[dict], targets: list[float]) -> list[dict]:
         received, sampled = sum(r["received"] for r in rs), sum(r["clients"] for r in rs)
         up = last["cum_up_bytes"] / received if received else None
         out.append({
-            "method": method, "setting": setting, "lr": last["lr"], "rounds": len(trained),
+            "method": method, "setting": setting, "seed": seed, "lr": last["lr"], "rounds": len(trained),
             "final_accuracy": last["test_accuracy"], "best_accuracy": max(r["test_accuracy"] for r in trained or rs),
             "total_mb": last["cum_bytes"] / MB, "to_target": to_target,
             "up_bytes_per_client_round": up,
@@ -251,6 +279,58 @@ def summarize(rows: list[dict], targets: list[float]) -> list[dict]:
             "up_bits_per_weight": 8 * up / last["params"] if up is not None and last["params"] else None,
         })
     return out
+
+
+# Student t quantiles t(0.975, df) for df = 1..30 (beyond, the normal 1.96): a 95% interval of a mean of few seeds.
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def mean_interval(values: list[float]) -> tuple[float, float | None]:
+    """(mean, half-width of its 95% Student t interval); None for a single value."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, None
+    sd = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5
+    return mean, (_T975[n - 2] if n - 1 <= len(_T975) else 1.96) * sd / n ** 0.5
+
+
+def write_seeds_csv(stats: list[dict], targets: list[float], path: Path) -> None:
+    """seeds.csv: one row per run and seed, from summarize()'s stats."""
+    rows = [{"method": s["method"], "setting": s["setting"], "seed": s["seed"], "lr": s["lr"],
+             "final_test_accuracy": s["final_accuracy"], "best_test_accuracy": s["best_accuracy"],
+             "total_bytes": round(s["total_mb"] * MB)}
+            | {f"bytes_to_{t:g}": None if r is None else round(r[0] * MB) for t, r in s["to_target"].items()}
+            for s in stats]
+    write_csv(rows, path, list(rows[0]))
+
+
+def seeds_table(stats: list[dict], targets: list[float]) -> list[str]:
+    """comparison.md's lines of mean +- 95% interval over the seeds of each (method, setting)."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for s in stats:
+        groups.setdefault((s["method"], s["setting"]), []).append(s)
+
+    def cell(values: list[float], spec: str) -> str:
+        mean, half = mean_interval(values)
+        return format(mean, spec) + ("" if half is None else f" ± {format(half, spec)}")
+
+    pct = [f"{t:.2%}" for t in targets]
+    lines = ["", "## Over seeds", "",
+             "Mean ± half-width of the 95% Student t interval over the seeds of each setting (seeds.csv). "
+             "MB to a target: over the seeds that reached it, with how many did.", "",
+             "| method | setting | seeds | final acc | best acc | total MB " + "".join(f"| MB to {p} " for p in pct) + "|",
+             "|---|---|---|---:|---:|---:" + "|---:" * len(targets) + "|"]
+    for (method, setting), ss in groups.items():
+        reached = ""
+        for t in targets:
+            hits = [s["to_target"][t][0] for s in ss if s["to_target"][t] is not None]
+            reached += f"| {cell(hits, '.3f') if hits else 'not reached'} ({len(hits)}/{len(ss)}) "
+        lines.append(f"| {method} | {setting} | {' '.join(str(s['seed']) for s in ss)} "
+                     f"| {cell([s['final_accuracy'] for s in ss], '.4f')} | {cell([s['best_accuracy'] for s in ss], '.4f')} "
+                     f"| {cell([s['total_mb'] for s in ss], '.3f')} {reached}|")
+    return lines
 
 
 def _fmt(value, spec: str, none: str = "-") -> str:
@@ -262,26 +342,30 @@ def report(out: Path, targets: list[float], missing: list[str] = ()) -> None:
     rows = read_csv(out / "comparison.csv")
     stats = summarize(rows, targets)
     pct = [f"{t:.2%}" for t in targets]
+    seeded = any(s["seed"] is not None for s in stats)
     lines = [
         "# Communication cost comparison", "",
         f"Target test accuracies: {', '.join(pct)}. MB = 10^6 bytes as Flower serialises the messages; up = client "
         "replies, down = server broadcasts; per-client figures are averages over all rounds "
         "(up per reply received, down per client sampled); up bits/weight = uplink bits per model weight per "
         "round, the whole serialised reply counted. Computed from comparison.csv.", "",
-        "| method | setting | lr | rounds | final acc | best acc | total MB "
+        "| method | setting " + "| seed " * seeded + "| lr | rounds | final acc | best acc | total MB "
         + "".join(f"| MB to {p} | round to {p} " for p in pct)
         + "| up B/client/round | down B/client/round | up bits/weight |",
-        "|---|---|---:|---:|---:|---:|---:" + "|---:|---:" * len(targets) + "|---:|---:|---:|",
+        "|---|---" + "|---:" * seeded + "|---:|---:|---:|---:|---:" + "|---:|---:" * len(targets) + "|---:|---:|---:|",
     ]
     for s in stats:
         reached = "".join(f"| {_fmt(r and r[0], '.3f', 'not reached')} | {_fmt(r and r[1], 'd', 'not reached')} "
                           for r in s["to_target"].values())
         lines.append(
-            f"| {s['method']} | {s['setting']} | {s['lr']:g} | {s['rounds']} | {s['final_accuracy']:.4f} "
+            f"| {s['method']} | {s['setting']} " + f"| {s['seed']} " * seeded + f"| {s['lr']:g} | {s['rounds']} | {s['final_accuracy']:.4f} "
             f"| {s['best_accuracy']:.4f} | {s['total_mb']:.3f} {reached}| {_fmt(s['up_bytes_per_client_round'], ',.0f')} "
             f"| {_fmt(s['down_bytes_per_client_round'], ',.0f')} | {_fmt(s['up_bits_per_weight'], '.3f')} |")
     if missing:
         lines += ["", f"Runs that did not complete (not in the table): {', '.join(missing)}."]
+    if seeded:
+        write_seeds_csv(stats, targets, out / "seeds.csv")
+        lines += seeds_table(stats, targets)
     if (out / "lr_search.csv").exists():
         lines += ["", "## Learning-rate search", "",
                   "Each method's lr was scaled by every multiplier below for a short run; its full run above uses "
@@ -306,7 +390,8 @@ def plot(rows: list[dict], targets: list[float], path: Path, by_round: bool = Fa
     groups: dict[str, list[dict]] = {}
     for r in rows:
         if r["test_accuracy"] is not None:
-            groups.setdefault(f"{r['method']}-{r['setting']}" if r["setting"] else r["method"], []).append(r)
+            name = f"{r['method']}-{r['setting']}" if r["setting"] else r["method"]
+            groups.setdefault(name if r["seed"] is None else f"{name} seed {r['seed']}", []).append(r)
     fig, axes = plt.subplots(1, 2 if by_round else 1, figsize=(14 if by_round else 8, 5), squeeze=False)
     for ax, x, label in [(axes[0][-1], lambda r: r["cum_bytes"] / MB, "cumulative MB on the wire (up + down, log scale)"),
                          *([(axes[0][0], lambda r: r["round"], "round")] if by_round else [])]:

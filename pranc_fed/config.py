@@ -171,6 +171,7 @@ class MethodsConfig:
     target_accuracy: list[float] = _f([0.97], gt=0, le=1)  # accuracies whose cost in bytes and rounds is reported
     lr_search: list[float] = _f([1.0], gt=0)  # multipliers of each method's own lr tried before its run; [1.0] = none
     lr_search_rounds: int = _f(2, ge=1, le=10**6)  # rounds of each lr-search run (the same budget for every method)
+    seeds: list[int] = _f([], ge=0, lt=2**64)  # compare runs every method once per seed (seed and pranc.basis_seed follow it; the lr search uses the first); [] = `seed` alone (CLI: compare --seeds 0 1 2)
 
 
 @dataclass

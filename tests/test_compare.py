@@ -227,3 +227,32 @@ def test_plot_draws_run_and_comparison_folders_side_by_side(tmp_path, capsys):
 
     assert cli.main(["plot", str(tmp_path), "--out", str(out)]) == 2
     assert "no rounds.csv or comparison.csv" in capsys.readouterr().err
+
+
+def test_seeds_run_every_method_once_per_seed_after_one_search(tmp_path: Path) -> None:
+    simulate, calls = _fake_simulate(lambda method, lr: 0.5)
+    seeded = [*TINY, "methods.compare=[pranc, fedavg]", "methods.lr_search=[1, 3]", "methods.lr_search_rounds=1",
+              "data.server_val_size=100", "methods.seeds=[3, 5, 8]"]
+    assert compare(CONFIG, seeded, tmp_path, simulate=simulate, log=lambda m: 0)
+    assert len([c for c in calls if c[2] == 1]) == 4  # the search: 2 methods x 2 multipliers, at the first seed only
+    full = [c for c in calls if c[2] == 2]
+    assert len(full) == 6
+    for method in ("pranc-K50", "fedavg-fp32"):
+        for seed in (3, 5, 8):
+            saved = json.loads((tmp_path / method / f"seed{seed}" / "config.json").read_text())
+            assert saved["seed"] == seed and saved["pranc"]["basis_seed"] == seed
+    with (tmp_path / "seeds.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["method"], r["seed"]) for r in rows] == [(m, s) for m in ("pranc", "fedavg") for s in ("3", "5", "8")]
+    assert set(rows[0]) >= {"final_test_accuracy", "best_test_accuracy", "total_bytes", "bytes_to_0.2"}
+    md = (tmp_path / "comparison.md").read_text()
+    assert "## Over seeds" in md and "| fedavg | fp32 | 3 5 8 | 0.5000 ± 0.0000 |" in md
+    calls.clear()  # resumable: nothing runs again
+    assert compare(CONFIG, seeded, tmp_path, simulate=simulate, log=lambda m: 0) and calls == []
+
+
+def test_the_seed_interval_is_students_t() -> None:
+    from pranc_fed.compare import mean_interval
+    mean, half = mean_interval([0.50, 0.52, 0.54])
+    assert mean == pytest.approx(0.52) and half == pytest.approx(4.303 * 0.02 / 3 ** 0.5)
+    assert mean_interval([0.7]) == (0.7, None)
