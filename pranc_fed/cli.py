@@ -78,12 +78,12 @@ def preflight(cfg: ExperimentConfig, centralised: bool = False) -> None:
         p = cfg.pranc
         try:
             values = sum((b.row1 - b.row0) * (b.col1 - b.col0)
-                         for b in make_blocks(covered_segments(module), p.num_coeffs, p.layout))
+                         for b in make_blocks(covered_segments(module), p.num_coeffs, p.basis_layout))
         except ValueError as e:
             raise ConfigError(f"pranc: {e}") from None
         gib = values * 4 / 2**30
         if gib > p.max_basis_gb:
-            raise ConfigError(f"the basis of {cfg.model.arch} at K={p.num_coeffs} ({p.layout}) holds {values:,} values "
+            raise ConfigError(f"the basis of {cfg.model.arch} at K={p.num_coeffs} ({p.basis_layout}) holds {values:,} values "
                               f"({gib:,.1f} GiB in float32), more than pranc.max_basis_gb={p.max_basis_gb:g}: every "
                               "step would stream it; use pranc.layout=per_layer, a smaller pranc.num_coeffs, or raise "
                               "the limit (pranc.cache=disk keeps one copy on disk)")

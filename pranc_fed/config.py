@@ -33,7 +33,7 @@ import yaml
 
 from .codecs import CODECS, ROUNDINGS
 from .aggregation import AGGREGATIONS, NORM_BOUNDS, SERVER_OPTIMIZERS, WEIGHTINGS
-from .basis import CACHE_DTYPES, CACHES, LAYOUTS
+from .basis import CACHE_DTYPES, CACHES, LAYOUTS, layout_name
 from .data import DEFAULT_TEST_FRACTION, PARTITION_SCHEMES
 from .pranc import ALPHA_DTYPES, MAX_NUM_COEFFS
 
@@ -93,6 +93,7 @@ class PrancConfig:
     num_coeffs: int = _f(5000, ge=1, le=MAX_NUM_COEFFS)  # K: basis size = number of alpha coefficients sent
     basis_seed: int = _f(0, ge=0, lt=2**64)  # shared seed that regenerates the basis everywhere
     layout: str = _f("global", choices=LAYOUTS)  # one basis for all weights, or one per layer (cheaper)
+    full_rank_upto: int = _f(0, ge=0, le=2**31)  # per_layer: layers of at most this many weights get one coefficient per weight (full rank); the rest share K by size (0 = none)
     alpha_dtype: str = _f("float32", choices=ALPHA_DTYPES)  # dtype of alpha in .pranc model files
     uplink_codec: str = _f("float32", choices=tuple(CODECS))  # how a client's change of alpha travels (codecs.py)
     downlink_codec: str = _f("float32", choices=tuple(CODECS))  # how the server's alpha travels (codecs.py)
@@ -106,6 +107,16 @@ class PrancConfig:
     cache_dtype: str = _f("float32", choices=tuple(CACHE_DTYPES))  # cached basis precision; half the bytes
     share_local_params: bool = _f(True)  # send norm-layer params/stats; False keeps them on the client (FedBN)
     alpha_lr: float = _f(0.002, gt=0)  # Adam learning rate of alpha
+
+    def __post_init__(self) -> None:
+        if self.full_rank_upto and self.layout != "per_layer":
+            raise ConfigError("pranc.full_rank_upto gives small layers their own full-rank block: it needs "
+                              "pranc.layout=per_layer")
+
+    @property
+    def basis_layout(self) -> str:
+        """The layout the basis is built with (and its fingerprint and files name)."""
+        return layout_name(self.layout, self.full_rank_upto)
 
 
 @dataclass

@@ -273,7 +273,7 @@ def build_pranc(cfg: ExperimentConfig, bundle: DatasetBundle, device: torch.devi
     from .pranc import PrancModel  # here, not at the top: pranc.py imports this module
     p = cfg.pranc
     return PrancModel(build_dense(cfg, bundle, device), p.num_coeffs, p.basis_seed, cfg.model.arch,
-                      layout=p.layout, budget_mb=p.basis_budget_mb, cache=p.cache, device=device,
+                      layout=p.basis_layout, budget_mb=p.basis_budget_mb, cache=p.cache, device=device,
                       cache_dtype=p.cache_dtype)
 
 

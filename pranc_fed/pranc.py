@@ -35,7 +35,7 @@ from torch import nn
 from torch.func import functional_call
 
 from . import quoted
-from .basis import LAYOUTS, SPEC_VERSION, Basis, Fingerprint, expand_differentiable, period_seed
+from .basis import SPEC_VERSION, full_rank_upto, Basis, Fingerprint, expand_differentiable, period_seed
 from .models import build_model
 
 MAGIC = b"PRANC\0"
@@ -356,6 +356,13 @@ def _is_text(value: Any) -> bool:
     return isinstance(value, str) and 0 < len(value) <= MAX_TEXT
 
 
+def _is_layout(value: Any) -> bool:
+    try:
+        return _is_text(value) and full_rank_upto(value) >= 0
+    except ValueError:
+        return False
+
+
 def _header_problem(header: Any, body_bytes: int) -> str | None:
     """What is wrong with a parsed header (types, ranges, sizes), or None. Field by field, so that a
     crafted file fails here with its reason and not later with an exception of the code that reads it."""
@@ -367,7 +374,7 @@ def _header_problem(header: Any, body_bytes: int) -> str | None:
         "seed": lambda v: _is_int(v, 0, 2**64 - 1),
         "periods": lambda v: _is_int(v, 0, MAX_PERIODS),
         "num_coeffs": lambda v: _is_int(v, 1, MAX_NUM_COEFFS),
-        "layout": lambda v: v in LAYOUTS,
+        "layout": _is_layout,
         "dim": lambda v: _is_int(v, 1, MAX_DIM),
         "fingerprint": _is_text,
         "model_args": lambda v: isinstance(v, dict) and all(

@@ -114,3 +114,26 @@ def test_train_command_writes_summary_and_model(tmp_path, capsys):
 def test_train_command_rejects_bad_config(capsys):
     assert main(["train", "configs/mnist_lenet.yaml", "--set", "federation.rounds=zero"]) == 2
     assert "federation.rounds" in capsys.readouterr().err
+
+
+def test_full_rank_small_layers_get_one_column_per_weight_and_the_file_names_them(tmp_path):
+    from pranc_fed.basis import covered_segments, make_blocks
+    from pranc_fed.config import ConfigError, load_config
+    segments = covered_segments(build_model("lenet"))
+    plain, full = make_blocks(segments, 2000, "per_layer"), make_blocks(segments, 2000, "per_layer_full850")
+    sizes = [b.row1 - b.row0 for b in full]
+    assert sizes == [156, 2416, 30840, 10164, 850]  # LeNet's conv1, conv2, fc1, fc2, fc3
+    assert [b.col1 - b.col0 for b in full][0::4] == [156, 850] != [b.col1 - b.col0 for b in plain][0::4]
+    assert full[-1].col1 == 2000 and all(b.col0 == a.col1 for a, b in zip(full, full[1:]))
+    with pytest.raises(ValueError, match="leaving"):
+        make_blocks(segments, 3000, "per_layer_full3000")  # 156 + 2416 + 850 > 3000 - 2
+    model = PrancModel(build_model("lenet"), 2000, seed=3, arch="lenet", layout="per_layer_full850")
+    model.save(tmp_path / "f.pranc", model_args={"num_classes": 10, "in_channels": 1})
+    assert PrancModel.load(tmp_path / "f.pranc").fingerprint == model.fingerprint
+    assert load_config(None, ["pranc.layout=per_layer", "pranc.full_rank_upto=850"]).pranc.basis_layout == \
+        "per_layer_full850"
+    with pytest.raises(ConfigError, match="needs pranc.layout=per_layer"):
+        load_config(None, ["pranc.full_rank_upto=850"])
+    for bad in ("per_layer_full", "per_layer_full08", "per_layer_fullx", "diagonal"):
+        with pytest.raises(ValueError, match="unknown basis layout"):
+            make_blocks(segments, 1000, bad)

@@ -90,11 +90,11 @@ Engines, caches and precision (none of them changes the definition above)
 from .core import CACHE_DTYPES, CACHES, ENGINES, Basis, expand_differentiable
 from .generator import (SPEC_VERSION, STREAM_BASIS, STREAM_THETA0, _fill_values, _fill_values_numpy,
                         _philox_grid, _unit_block_torch, period_seed, philox4x32, uniform_bits_to_unit, unit_block)
-from .layout import (LAYOUTS, Block, Fingerprint, FingerprintMismatch, Segment, basis_fingerprint, covered_segments,
+from .layout import (LAYOUTS, full_rank_upto, layout_name, Block, Fingerprint, FingerprintMismatch, Segment, basis_fingerprint, covered_segments,
                      make_blocks, split_columns)
 
 __all__ = ["CACHES", "CACHE_DTYPES", "ENGINES", "LAYOUTS", "SPEC_VERSION", "STREAM_BASIS", "STREAM_THETA0", "Basis",
            "Block", "Fingerprint", "FingerprintMismatch", "Segment", "basis_fingerprint", "covered_segments",
-           "expand_differentiable", "make_blocks", "period_seed", "philox4x32", "split_columns",
+           "expand_differentiable", "full_rank_upto", "layout_name", "make_blocks", "period_seed", "philox4x32", "split_columns",
            "uniform_bits_to_unit", "unit_block",
            "_fill_values", "_fill_values_numpy", "_philox_grid", "_unit_block_torch"]

@@ -14,6 +14,24 @@ from torch import nn
 from .generator import SPEC_VERSION, STREAM_BASIS, STREAM_THETA0
 
 LAYOUTS = ("global", "per_layer")
+# per_layer_full<S>: per_layer, but a layer of at most S weights gets one column per weight (full rank);
+# the config names it pranc.layout=per_layer with pranc.full_rank_upto=S.
+FULL_RANK_PREFIX = "per_layer_full"
+
+
+def layout_name(layout: str, full_rank_upto: int) -> str:
+    """The layout the basis, its fingerprint and files name, from the config's two keys."""
+    return f"{FULL_RANK_PREFIX}{full_rank_upto}" if layout == "per_layer" and full_rank_upto else layout
+
+
+def full_rank_upto(layout: str) -> int:
+    """S of a per_layer_full<S> layout, 0 for the others; ValueError for an unknown layout."""
+    if layout in LAYOUTS:
+        return 0
+    digits = layout.removeprefix(FULL_RANK_PREFIX) if isinstance(layout, str) else ""
+    if layout.startswith(FULL_RANK_PREFIX) and digits.isdigit() and not digits.startswith("0"):
+        return int(digits)
+    raise ValueError(f"unknown basis layout {layout!r}; choose one of {', '.join(LAYOUTS)} or {FULL_RANK_PREFIX}<S>")
 
 
 class FingerprintMismatch(ValueError):
@@ -89,14 +107,21 @@ def make_blocks(segments: list[Segment], num_coeffs: int, layout: str) -> list[B
     dim = segments[-1].offset + segments[-1].numel
     if layout == "global":
         return [Block(0, dim, 0, num_coeffs)]
-    if layout != "per_layer":
-        raise ValueError(f"unknown basis layout {layout!r}; choose one of {LAYOUTS}")
+    full = full_rank_upto(layout)
     layers: dict[str, list[int]] = {}
     for s in segments:
         span = layers.setdefault(s.layer, [s.offset, s.offset])
         span[1] = s.offset + s.numel
     spans = list(layers.values())
-    counts = split_columns([r1 - r0 for r0, r1 in spans], num_coeffs)
+    sizes = [r1 - r0 for r0, r1 in spans]
+    rest = [n for n in sizes if n > full]
+    spare = num_coeffs - (sum(sizes) - sum(rest))
+    if full and (spare < len(rest) or (not rest and spare)):
+        raise ValueError(f"{layout}: the layers of at most {full} weights take {sum(sizes) - sum(rest)} of the "
+                         f"K={num_coeffs} columns, leaving {spare} for the {len(rest)} other layers; raise "
+                         "pranc.num_coeffs or lower pranc.full_rank_upto")
+    shares = iter(split_columns(rest, spare) if rest else [])
+    counts = [n if n <= full else next(shares) for n in sizes]
     blocks, col = [], 0
     for (r0, r1), k in zip(spans, counts):
         blocks.append(Block(r0, r1, col, col + k))
