@@ -11,7 +11,7 @@ exec .venv/bin/pranc-fed compare configs/cifar10_resnet20.yaml --seeds 0 1 2 \
   --set data.dataset="${CIFAR10_JPEG:-/tmp/cifar10}" --set data.test_subset=2000 --set data.server_val_size=2000 \
   --set federation.rounds=10 --set federation.fraction_train=0.3 --set federation.local_steps=20 \
   --set train.batch_size=64 --set federation.keep_client_optimizer=true \
-  --set 'methods.compare=[fedavg_fp16,pranc]' --set 'methods.compare_num_coeffs=[10000]' \
+  --set 'methods.compare=[pranc,fedavg_fp16]' --set 'methods.compare_num_coeffs=[10000]' \
   --set 'methods.compare_codecs=[int8/int8]' --set 'methods.compare_reseed_periods=[4]' \
   --set 'methods.lr_search=[0.3,1,3]' --set methods.lr_search_rounds=3 \
   --set 'methods.target_accuracy=[0.4,0.5]' --out runs/compare_cifar10_seeds_iid "$@"
