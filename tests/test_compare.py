@@ -110,7 +110,7 @@ def test_tiny_comparison_end_to_end(tmp_path: Path) -> None:
     assert re.search(r"Target test accuracies: 20\.00%", md)
     # resuming runs nothing again
     assert compare(CONFIG, TINY, out, simulate=lambda *a: pytest.fail("finished run was run again"), log=lambda m: 0)
-    assert read_csv(out / "comparison.csv") == [dict(r, lr=float(r["lr"]), round=int(r["round"]), cum_up_bytes=int(r["cum_up_bytes"]),
+    assert read_csv(out / "comparison.csv") == [dict(r, seed=None, lr=float(r["lr"]), round=int(r["round"]), cum_up_bytes=int(r["cum_up_bytes"]),
                                                      cum_down_bytes=int(r["cum_down_bytes"]),
                                                      cum_bytes=int(r["cum_bytes"]),
                                                      test_accuracy=float(r["test_accuracy"]),
