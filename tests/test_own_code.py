@@ -40,6 +40,7 @@ def readme_example() -> tuple[dict[str, str], list[str]]:
     return files, commands
 
 
+@pytest.mark.slow
 def test_the_readme_example_runs_as_written_through_a_flower_simulation(tmp_path):
     files, commands = readme_example()
     assert set(files) == {"my_task.py", "my_task.yaml"} and len(files["my_task.py"].splitlines()) <= 35
@@ -275,3 +276,16 @@ def test_a_model_file_names_its_code_and_nothing_imports_it_unasked(cases_dir, m
 def test_a_fingerprint_with_an_import_path_as_arch_parses_back():
     fp = Fingerprint(1, "my_package.models:make_net", 1508, 500, "global", 0, "a2036d8dae7f01c2")
     assert Fingerprint.parse(str(fp)) == fp
+
+
+@pytest.mark.parametrize("method", ["fedavg", "topk", "fedpm"])
+def test_the_dense_update_methods_build_a_model_of_ones_own(cases_dir, monkeypatch, method):
+    from pranc_fed.methods import get_method
+    monkeypatch.chdir(cases_dir)
+    cfg = config_from_dict({"model": {"arch": "byo_cases:Net"}, "data": {"dataset": "byo_cases:load"},
+                            "federation": {"method": method}})
+    m = get_method(cfg)
+    net = m.build_model(load_configured(cfg.data), torch.device("cpu"))
+    assert net(torch.randn(2, 1, 16, 16)).shape == (2, 4)
+    if method == "topk":
+        assert m.stat_keys == frozenset()  # the factory was built with the data's model_args, not a default input
