@@ -15,11 +15,12 @@ from .app_folder import resolve_config
 from .basis import FingerprintMismatch, covered_segments, make_blocks
 from .config import ConfigError, ExperimentConfig, load_config
 from .data import DatasetError, load_configured
-from .models import MODELS, build_model, describe_models, model_args
+from .models import MODELS, build_model, covered_parameter_names, describe_models, model_args
 from .pranc import PrancFileError
 from .training import resolve_device
+from .user_code import UserCodeError, export_to_children, first_line, is_import_path
 
-USER_ERRORS = (ConfigError, DatasetError, PrancFileError, FingerprintMismatch, FileNotFoundError)
+USER_ERRORS = (ConfigError, DatasetError, PrancFileError, FingerprintMismatch, FileNotFoundError, UserCodeError)
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
@@ -51,7 +52,9 @@ def preflight(cfg: ExperimentConfig, centralised: bool = False) -> None:
     """What would otherwise fail inside a run, minutes later and only in its log, checked before any
     process starts: the trackers of logging.report_to, the dataset, the device, the architecture and its
     input shape, and the size of the basis (of train.mode when centralised, else of federation.method).
-    Each failure is a one-line ConfigError (DatasetError for the data)."""
+    Each failure is a one-line ConfigError (DatasetError for the data). Import paths of the user's own
+    model or data (user_code.py) are imported here, and their folders put on PYTHONPATH for the
+    processes the run starts."""
     from .loggers import check_installed
     check_installed(cfg)
     bundle = load_configured(cfg.data)
@@ -59,6 +62,55 @@ def preflight(cfg: ExperimentConfig, centralised: bool = False) -> None:
         resolve_device(cfg.train.device)
     except RuntimeError as e:
         raise ConfigError(str(e)) from None
+    pranc = (cfg.train.mode if centralised else cfg.federation.method) == "pranc"
+    if is_import_path(cfg.model.arch):
+        module = _check_user_model(cfg.model.arch, bundle, pranc)
+    else:
+        module = _check_registered_model(cfg, bundle)
+    if pranc:
+        p = cfg.pranc
+        try:
+            values = sum((b.row1 - b.row0) * (b.col1 - b.col0)
+                         for b in make_blocks(covered_segments(module), p.num_coeffs, p.basis_layout))
+        except ValueError as e:
+            raise ConfigError(f"pranc: {e}") from None
+        gib = values * 4 / 2**30
+        if gib > p.max_basis_gb:
+            raise ConfigError(f"the basis of {cfg.model.arch} at K={p.num_coeffs} ({p.basis_layout}) holds {values:,} values "
+                              f"({gib:,.1f} GiB in float32), more than pranc.max_basis_gb={p.max_basis_gb:g}: every "
+                              "step would stream it; use pranc.layout=per_layer, a smaller pranc.num_coeffs, or raise "
+                              "the limit (pranc.cache=disk keeps one copy on disk)")
+    export_to_children(cfg.model.arch, cfg.data.dataset)
+
+
+def _check_user_model(path: str, bundle, pranc: bool) -> torch.nn.Module:
+    """The user's factory builds a module (on the CPU: its code may not know the meta device) that
+    PRANC can cover and that maps two of the dataset's inputs to [2, num_classes] logits."""
+    try:
+        module = build_model(path, **model_args(bundle))
+    except UserCodeError as e:
+        raise ConfigError(str(e)) from None
+    if pranc and not covered_parameter_names(module):
+        raise ConfigError(f"model.arch: {path} builds a {type(module).__name__} without nn.Conv*/nn.Linear layers, "
+                          "whose weights are all that PRANC's basis covers; give the model such layers, or use "
+                          "federation.method=fedavg")
+    x = bundle.train.preprocessing.normalize(bundle.train.images[:2])
+    shape = "x".join(map(str, x.shape[1:]))
+    try:
+        with torch.no_grad():
+            logits = module.eval()(x)
+    except Exception as e:
+        raise ConfigError(f"model.arch: {path} cannot take the {shape} inputs of data.dataset "
+                          f"{bundle.source!r} ({first_line(e)}); build it for this input") from None
+    expected = (len(x), bundle.num_classes)
+    if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != expected:
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ConfigError(f"model.arch: {path} maps a batch of {len(x)} {shape} inputs to {got}, not to logits of "
+                          f"shape {expected} ({bundle.num_classes} classes in data.dataset)")
+    return module
+
+
+def _check_registered_model(cfg: ExperimentConfig, bundle) -> torch.nn.Module:
     try:
         with torch.device("meta"):
             module = build_model(cfg.model.arch, **model_args(bundle))
@@ -74,19 +126,7 @@ def preflight(cfg: ExperimentConfig, centralised: bool = False) -> None:
                           f"{cfg.data.dataset!r} ({str(e).splitlines()[0]}); it is built for {h}x{w}: set "
                           f"data.image_size=[{h}, {w}] to resize them, or pick an architecture for this input "
                           "(`pranc-fed models` lists them)") from None
-    if (cfg.train.mode if centralised else cfg.federation.method) == "pranc":
-        p = cfg.pranc
-        try:
-            values = sum((b.row1 - b.row0) * (b.col1 - b.col0)
-                         for b in make_blocks(covered_segments(module), p.num_coeffs, p.basis_layout))
-        except ValueError as e:
-            raise ConfigError(f"pranc: {e}") from None
-        gib = values * 4 / 2**30
-        if gib > p.max_basis_gb:
-            raise ConfigError(f"the basis of {cfg.model.arch} at K={p.num_coeffs} ({p.basis_layout}) holds {values:,} values "
-                              f"({gib:,.1f} GiB in float32), more than pranc.max_basis_gb={p.max_basis_gb:g}: every "
-                              "step would stream it; use pranc.layout=per_layer, a smaller pranc.num_coeffs, or raise "
-                              "the limit (pranc.cache=disk keeps one copy on disk)")
+    return module
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -187,7 +227,7 @@ def _inference_device(name: str):
 def cmd_inspect(args: argparse.Namespace) -> int:
     import json
     from .inference import format_inspection, inspect_model
-    info = inspect_model(args.model)
+    info = inspect_model(args.model, trust_code=args.trust_code)
     print(json.dumps(info, indent=2) if args.json else format_inspection(info))
     return 0
 
@@ -201,7 +241,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 2
     result = evaluate_file(args.model, args.data, args.split, args.on_the_fly, args.batch_size, args.subset,
                            args.seed, device,
-                           None if args.quiet else _progress_printer(f"evaluating ({mode})"))
+                           None if args.quiet else _progress_printer(f"evaluating ({mode})"), trust_code=args.trust_code)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -217,7 +257,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     device = _inference_device(args.device)
     if device is None:
         return 2
-    preds = predict_file(args.model, args.images, args.top_k, args.on_the_fly, args.batch_size, device)
+    preds = predict_file(args.model, args.images, args.top_k, args.on_the_fly, args.batch_size, device,
+                         trust_code=args.trust_code)
     if args.json:
         print(json.dumps([p.to_dict() for p in preds], indent=2))
     else:
@@ -280,8 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="draw a target accuracy line (repeatable), e.g. 0.97")
     p.set_defaults(run=cmd_plot)
     # --- inference on a .pranc file (pranc_fed/inference.py)
+    trust_help = ("import and run the code a file names as its architecture (a model of your own, "
+                  "MODULE:ATTRIBUTE); only for files you trust")
     p = sub.add_parser("inspect", help="show what a .pranc model file holds and verify it")
     p.add_argument("model", help="a .pranc file")
+    p.add_argument("--trust-code", action="store_true", help=trust_help + "; without it the import path is shown, "
+                   "not imported")
     p.add_argument("--json", action="store_true", help="print JSON (for scripts)")
     p.set_defaults(run=cmd_inspect)
     otf_help = ("generate each layer's weights from the seed just before it runs and drop them after "
@@ -289,7 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="accuracy and loss of a .pranc model on a dataset")
     p.add_argument("model", help="a .pranc file")
     p.add_argument("--data", required=True, metavar="NAME_OR_PATH",
-                   help="'mnist', a torchvision-layout root or an ImageFolder tree")
+                   help="'mnist', a torchvision-layout root, an ImageFolder tree, or MODULE:ATTRIBUTE of your own loader")
+    p.add_argument("--trust-code", action="store_true", help=trust_help)
     p.add_argument("--split", choices=("test", "train"), default="test")
     p.add_argument("--on-the-fly", action="store_true", help=otf_help)
     p.add_argument("--batch-size", type=int, default=1000)
@@ -303,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="a .pranc file")
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="PNG/JPEG files or folders of them")
     p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--trust-code", action="store_true", help=trust_help)
     p.add_argument("--on-the-fly", action="store_true", help=otf_help)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")

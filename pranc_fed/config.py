@@ -68,7 +68,7 @@ def _f(default: Any, **rules: Any) -> Any:
 
 @dataclass
 class DataConfig:
-    dataset: str = _f("mnist")  # "mnist" (embedded, offline); a folder: ImageFolder tree (train/, test/), class folders <class>/*.jpg, save_to_disk'd Hugging Face dataset or torchvision root; or "hf:NAME" from the local Hugging Face cache
+    dataset: str = _f("mnist")  # "mnist" (embedded, offline); a folder: ImageFolder tree (train/, test/), class folders <class>/*.jpg, save_to_disk'd Hugging Face dataset or torchvision root; "hf:NAME" from the local Hugging Face cache; or MODULE:ATTRIBUTE of your own load() -> (train, test) torch Datasets (data.load_user_dataset)
     image_size: list[int] | None = _f(None, ge=1)  # [height, width] every image is resized to when decoded (null = the files' own size); model.arch must take it
     test_fraction: float = _f(DEFAULT_TEST_FRACTION, gt=0, lt=1)  # share of each class held out as the test set when the data has no test split
     split_seed: int = _f(0, ge=0)  # seed of that split; apart from `seed` so that every run tests on the same images
@@ -85,7 +85,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    arch: str = _f("lenet")  # name in the pranc_fed.models registry (checked there)
+    arch: str = _f("lenet")  # name in the pranc_fed.models registry, or MODULE:ATTRIBUTE of your own factory(num_classes, in_channels) or nn.Module class (README "Your own model and data")
 
 
 @dataclass

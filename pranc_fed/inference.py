@@ -58,6 +58,7 @@ from .basis import (STREAM_THETA0, Fingerprint, FingerprintMismatch, Segment, ba
 from .data import IMAGE_EXTENSIONS, DatasetError, Preprocessing, TensorImageDataset, make_loader, subset
 from .pranc import FILE_FORMAT, PrancFile, PrancFileError, PrancModel, as_pranc_file, read_pranc_file
 from .training import evaluate
+from .user_code import UserCodeError, is_import_path
 
 __all__ = ["ImageInputError", "OnTheFlyModel", "Prediction", "evaluate_model", "inspect_model", "load_model",
            "predict_images", "read_preprocessing", "collect_images", "format_inspection"]
@@ -89,9 +90,25 @@ class _SkipInitOnMeta(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-def build_module(file: PrancFile, device: torch.device | str = "cpu") -> nn.Module:
-    """The file's architecture from the registry, with its model_args (meta device allowed)."""
+def trust_code_needed(file: PrancFile) -> PrancFileError:
+    """The refusal to import the code a file names without the user's say."""
+    return PrancFileError(f"{file.path}: its architecture is {file.arch!r}, code of your own that the file names; "
+                          "pass --trust-code (trust_code=True in Python) to import and run it, only for a file you trust")
+
+
+def build_module(file: PrancFile, device: torch.device | str = "cpu", trust_code: bool = False) -> nn.Module:
+    """The file's architecture from the registry, with its model_args (meta device allowed). An
+    architecture of the user's own (an import path) is imported only with ``trust_code``: a file
+    can name any code, and reading one must never run it unasked."""
     from .models import build_model
+    if is_import_path(file.arch):
+        if not trust_code:
+            raise trust_code_needed(file)
+        try:
+            with torch.device(device), _SkipInitOnMeta():
+                return build_model(file.arch, **file.model_args)
+        except UserCodeError as e:
+            raise PrancFileError(f"{file.path}: {e}") from None
     try:
         with torch.device(device), _SkipInitOnMeta():
             return build_model(file.arch, **file.model_args)
@@ -221,14 +238,16 @@ class OnTheFlyModel(nn.Module):
 
     @classmethod
     def from_file(cls, source: str | Path | PrancFile, module: nn.Module | None = None, expect: Any = None,
-                  chunk_mb: float = DEFAULT_CHUNK_MB, device: torch.device | str = "cpu") -> "OnTheFlyModel":
-        """Open a .pranc file (a path or a read PrancFile) without ever reconstructing the whole model."""
+                  chunk_mb: float = DEFAULT_CHUNK_MB, device: torch.device | str = "cpu",
+                  trust_code: bool = False) -> "OnTheFlyModel":
+        """Open a .pranc file (a path or a read PrancFile) without ever reconstructing the whole model;
+        ``trust_code`` as for build_module."""
         file = as_pranc_file(source)
         if file.history is not None:
             raise PrancFileError(f"{file.path} was trained in {file.periods} re-seeded periods, which on-the-fly "
                                  "inference does not replay; evaluate it without --on-the-fly")
         if module is None:
-            module = build_module(file, "meta")  # no dense weights are ever allocated
+            module = build_module(file, "meta", trust_code)  # no dense weights are ever allocated
         try:
             # a copy: on the CPU the buffer would otherwise share the file's alpha
             model = cls(module, file.alpha.clone(), file.seed, file.arch, file.layout, None, chunk_mb, device)
@@ -285,7 +304,7 @@ class OnTheFlyModel(nn.Module):
 
 def load_model(source: str | Path | PrancFile, on_the_fly: bool = False, device: torch.device | str = "cpu",
                module: nn.Module | None = None, expect: Any = None, budget_mb: float = 64.0,
-               cache: str = "none", chunk_mb: float = DEFAULT_CHUNK_MB) -> nn.Module:
+               cache: str = "none", chunk_mb: float = DEFAULT_CHUNK_MB, trust_code: bool = False) -> nn.Module:
     """A .pranc file (its path, or the PrancFile ``read_pranc_file`` returned) as an nn.Module in eval
     mode, ready for inference.
 
@@ -295,13 +314,15 @@ def load_model(source: str | Path | PrancFile, on_the_fly: bool = False, device:
     ``OnTheFlyModel`` (see the module docstring), chunks of ``chunk_mb``. ``expect`` (a fingerprint)
     rejects a file made with another seed, K, layout or architecture. For the file's header as well,
     read it first: ``file = read_pranc_file(path); net = load_model(file)``; the file is read once.
+    A file whose architecture is the import path of the user's own code is built by importing it only
+    with ``trust_code=True`` (or pass ``module=``).
     """
     file = as_pranc_file(source)
     if on_the_fly:
-        net = OnTheFlyModel.from_file(file, module, expect, chunk_mb, device)
+        net = OnTheFlyModel.from_file(file, module, expect, chunk_mb, device, trust_code)
     else:
         if module is None:
-            module = build_module(file)
+            module = build_module(file, trust_code=trust_code)
         try:
             pranc = PrancModel.load(file, module=module, expect=expect, device=device, budget_mb=budget_mb,
                                     cache=cache)
@@ -338,19 +359,24 @@ def _dense_state_dict_bytes(module: nn.Module) -> int:
     return sink.tell()
 
 
-def inspect_model(source: str | Path | PrancFile) -> dict[str, Any]:
+def inspect_model(source: str | Path | PrancFile, trust_code: bool = False) -> dict[str, Any]:
     """What a .pranc file (a path or a read PrancFile) holds; regenerates the basis fingerprint.
     A file saved from a module the registry does not know (PrancModel(module, K) without arch=) is
     reported from its header and tensors alone: only PrancModel.load with the module can check it.
+    One whose architecture is an import path (a model of the user's own) is reported from its header
+    too, unless ``trust_code`` lets it import that code and check the fingerprint.
 
     Raises PrancFileError (truncated, corrupted, unfit for its architecture) or FingerprintMismatch.
     """
     file = as_pranc_file(source)  # reading verifies the sha256 checksum
     info = _file_facts(file)
-    if not registered(file.arch):
+    if is_import_path(file.arch) and not trust_code:
+        return info | {"note": f"architecture {file.arch!r} is the import path of code of your own: not imported; "
+                               "--trust-code imports it (and checks the fingerprint), as evaluate and predict need"}
+    if not registered(file.arch) and not is_import_path(file.arch):
         return info | {"note": f"architecture {file.arch!r} is not in pranc_fed.models: load it in Python with "
                                f"PrancModel.load(path, module=YourModule()), which also checks the fingerprint"}
-    module = build_module(file, "meta")
+    module = build_module(file, "meta", trust_code)
     segments = covered_segments(module)
     basis = _StreamingBasis(segments, file.num_coeffs, period_seed(file.seed, file.periods), file.arch, file.layout)
     basis.fingerprint.check(file.fingerprint, what=f"{file.path} holds")  # so the header's dim is the basis's
@@ -406,6 +432,8 @@ def format_inspection(info: dict[str, Any]) -> str:
         ("architecture", f"{info['arch']} ({args})" if args else info["arch"]),
         ("basis", f"seed {info['seed']}, K = {info['num_coeffs']:,}, layout {info['layout']}"),
         ("fingerprint", f"{info['fingerprint']} " + ("(regenerated from the seed: ok)" if info["fingerprint_verified"]
+                                                      else "(not checked: the architecture is not imported)"
+                                                      if is_import_path(info["arch"])
                                                       else "(not checked: the architecture is not in the registry)")),
         ("alpha", f"{info['num_coeffs']:,} x {info['alpha_dtype']} ({info['alpha_bytes']:,} bytes)"),
         *([("periods", f"{info['periods']} re-seeded periods: history of {info['periods']} x {info['num_coeffs']:,} "
@@ -468,8 +496,9 @@ def evaluate_file(path: str | Path, data: str, split: str = "test", on_the_fly: 
         raise DatasetError(f"split must be test or train, got {split!r}")
     file = read_pranc_file(path)
     prep = read_preprocessing(file)
-    # Image files are decoded at the size the model was trained on, as predict does.
-    bundle = load_dataset(data, image_size=None if prep is None else prep.input_shape[1:])
+    # Image files are decoded at the size the model was trained on, as predict does (a loader of the
+    # user's own gives its tensors as they are).
+    bundle = load_dataset(data, image_size=None if prep is None or is_import_path(data) else prep.input_shape[1:])
     rows = bundle.test if split == "test" else bundle.train
     if limit is not None:
         rows = subset(rows, limit, seed)
@@ -549,6 +578,11 @@ def predict_file(path: str | Path, images: Sequence[str | Path], top_k: int = 3,
     if prep is None:
         raise PrancFileError(f"{path} records no preprocessing (it was saved without preprocessing=...), "
                              "so its input size and normalisation are unknown; re-save it with them")
+    dataset = file.metadata.get("dataset")
+    if isinstance(dataset, str) and is_import_path(dataset):
+        raise PrancFileError(f"{path} was trained on the tensors of your own loader {dataset!r}; predict decodes "
+                             "image files and cannot know how that loader made its inputs: use "
+                             f"`pranc-fed evaluate {path} --data {dataset} --trust-code`, or load_model in Python")
     collect_images(images)  # a missing path fails before the model is rebuilt
     net = load_model(file, on_the_fly=on_the_fly, device=device, **load_kwargs)
     return predict_images(net, prep, images, top_k, batch_size, device)

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .basis.layout import COVERED_LAYER_TYPES, covered_parameters  # what PRANC covers: defined once, there
+from .user_code import UserCodeError, first_line, is_import_path, resolve
 
 if TYPE_CHECKING:  # config and pranc import this module
     from .config import ExperimentConfig
@@ -245,13 +246,37 @@ MODELS: dict[str, ModelInfo] = {
 
 
 def build_model(arch: str, num_classes: int = 10, in_channels: int | None = None) -> nn.Module:
-    """Build a registered architecture; ``in_channels=None`` uses its default input."""
+    """Build a registered architecture (``in_channels=None`` uses its default input), or the user's
+    own: ``arch`` an import path ``MODULE:ATTRIBUTE`` (``build_user_model``). Only a config names
+    an import path here; a model file's is imported only on the user's say (inference.py)."""
+    if is_import_path(arch):
+        return build_user_model(arch, num_classes, in_channels)
     info = MODELS.get(arch.lower())
     if info is None:
-        raise ValueError(f"unknown model architecture {arch!r}; known: {', '.join(MODELS)}")
+        raise ValueError(f"unknown model architecture {arch!r}; known: {', '.join(MODELS)}, or an import path "
+                         "MODULE:ATTRIBUTE of your own factory or nn.Module class")
     if in_channels is None:
         in_channels = info.input_shape[0]
     return info.builder(num_classes=num_classes, in_channels=in_channels)
+
+
+def build_user_model(path: str, num_classes: int, in_channels: int | None) -> nn.Module:
+    """``factory(num_classes=..., in_channels=...)`` of the import path: a function returning an
+    ``nn.Module``, or an ``nn.Module`` class. UserCodeError (naming model.arch) when the factory
+    cannot be imported, raises, or returns anything but an nn.Module."""
+    if in_channels is None:
+        raise UserCodeError(f"model.arch {path!r} is your own model: it needs in_channels, which only the data "
+                            "gives; build it with model_args of the dataset")
+    factory = resolve(path, "model.arch")
+    try:
+        module = factory(num_classes=num_classes, in_channels=in_channels)
+    except Exception as e:
+        raise UserCodeError(f"model.arch: {path}(num_classes={num_classes}, in_channels={in_channels}) raised "
+                            f"{first_line(e)}") from None
+    if not isinstance(module, nn.Module):
+        raise UserCodeError(f"model.arch: {path}(num_classes={num_classes}, in_channels={in_channels}) returned "
+                            f"a {type(module).__name__}, not a torch.nn.Module")
+    return module
 
 
 # ------------------------------------------------------------ the model of a config

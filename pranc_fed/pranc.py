@@ -169,16 +169,18 @@ class PrancModel(nn.Module):
     @classmethod
     def load(cls, source: str | Path | PrancFile, module: nn.Module | None = None,
              expect: Fingerprint | str | None = None, device: torch.device | str = "cpu", budget_mb: float = 2048,
-             cache: str = "auto") -> "PrancModel":
+             cache: str = "auto", trust_code: bool = False) -> "PrancModel":
         """Rebuild a model from a .pranc file: its path, or the PrancFile that read_pranc_file returned
         (read it first when you also want its header: the file is then parsed and verified once).
 
-        Without ``module`` the architecture is built from the registry with the file's model_args.
+        Without ``module`` the architecture is built from the registry with the file's model_args; an
+        architecture that is an import path (code of the user's own) is imported only with ``trust_code``.
         ``expect`` (a fingerprint) rejects a file made with another seed, K, layout or architecture.
         """
         file = as_pranc_file(source)
         if module is None:
-            module = build_model(file.arch, **file.model_args)
+            from .inference import build_module  # one place decides whether a file's code may run
+            module = build_module(file, device, trust_code)
         model = cls(module, file.num_coeffs, file.seed, file.arch, file.layout,
                     budget_mb=budget_mb, cache=cache, device=device)
         if file.history is not None:

@@ -104,8 +104,10 @@ def save_results(out: Path, cfg: ExperimentConfig, bundle: DatasetBundle, model:
     dense_state goes to model.npz (no pickle)."""
     if isinstance(model, PrancModel):
         model_file = out / "model.pranc"
+        # A loader of the user's own is named, so that predict can say it cannot make such inputs from images.
+        dataset = {"dataset": bundle.source} if bundle.user_code else {}
         model.save(model_file, cfg.pranc.alpha_dtype, model_args(bundle), bundle.preprocessing.to_dict(),
-                   {"config": cfg.name} | metadata)
+                   {"config": cfg.name} | dataset | metadata)
     else:
         model_file = out / "model.npz"
         np.savez(model_file, **dense_state)

@@ -146,7 +146,11 @@ class Fingerprint:
     @classmethod
     def parse(cls, text: str) -> "Fingerprint":
         try:
-            spec, arch, dim, k, layout, seed, checksum = text.split(":")
+            # An arch of the user's own is an import path MODULE:ATTRIBUTE: it holds a colon itself.
+            spec, *arch_parts, dim, k, layout, seed, checksum = text.split(":")
+            arch = ":".join(arch_parts)
+            if not arch:
+                raise ValueError(text)
             return cls(int(spec.removeprefix("pranc-v")), arch, int(dim[1:]), int(k[1:]), layout,
                        int(seed[1:]), checksum)
         except ValueError:

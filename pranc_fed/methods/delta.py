@@ -83,8 +83,13 @@ class DenseDelta(FedAvg):
     @cached_property
     def stat_keys(self) -> frozenset[str]:
         """The architecture's float buffers (running statistics): sent dense, never compressed."""
-        from ..models import build_model
-        return frozenset(k for k, b in build_model(self.cfg.model.arch).named_buffers() if b.is_floating_point())
+        from ..data import load_configured
+        from ..models import build_model, model_args
+        from ..user_code import is_import_path
+        arch = self.cfg.model.arch
+        # A model of the user's own has no default input: build it for the data (cached in-process).
+        module = build_model(arch, **model_args(load_configured(self.cfg.data))) if is_import_path(arch) else build_model(arch)
+        return frozenset(k for k, b in module.named_buffers() if b.is_floating_point())
 
     def compressed_keys(self, state: State) -> list[str]:
         return sorted(k for k in state if k not in self.stat_keys)
