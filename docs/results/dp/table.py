@@ -11,6 +11,8 @@ writer.writerow(["method", "target_epsilon", "epsilon_spent", "noise_multiplier"
 for method in ("pranc", "fedavg"):
     for eps in ("none", "1", "4", "8"):
         folder = runs / f"{method}-eps{eps}"
+        if not (folder / "summary.json").is_file():
+            continue  # not run (or not finished)
         summary = json.loads((folder / "summary.json").read_text())
         rows = list(csv.DictReader((folder / "rounds.csv").open()))
         privacy = summary.get("privacy") or {}
