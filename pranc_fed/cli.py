@@ -48,6 +48,22 @@ def _check_resume(cfg: ExperimentConfig, out: Path) -> None:
         check_resume(cfg, out)
 
 
+def check_privacy(cfg: ExperimentConfig) -> None:
+    """privacy's accountant is installed and privacy.epsilon is reachable (one-line ConfigError if not)."""
+    if not cfg.privacy.enabled:
+        return
+    from .privacy import Privacy
+    try:
+        Privacy(cfg)
+    except ImportError:
+        raise ConfigError("privacy needs Opacus's RDP accountant: pip install 'pranc-fed[privacy]' "
+                          "(or pip install opacus)") from None
+    except ValueError as e:
+        raise ConfigError(f"privacy.epsilon {cfg.privacy.epsilon:g} at delta {cfg.privacy.delta:g} over "
+                          f"{cfg.federation.rounds} rounds cannot be reached ({e}): raise privacy.epsilon or "
+                          "privacy.delta, or run fewer rounds") from None
+
+
 def preflight(cfg: ExperimentConfig, centralised: bool = False) -> None:
     """What would otherwise fail inside a run, minutes later and only in its log, checked before any
     process starts: the trackers of logging.report_to, the dataset, the device, the architecture and its
@@ -57,6 +73,7 @@ def preflight(cfg: ExperimentConfig, centralised: bool = False) -> None:
     processes the run starts."""
     from .loggers import check_installed
     check_installed(cfg)
+    check_privacy(cfg)
     bundle = load_configured(cfg.data)
     try:
         resolve_device(cfg.train.device)

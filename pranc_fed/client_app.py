@@ -130,6 +130,8 @@ def train(msg: Message, context: Context) -> Message:
                              seed=cfg.seed + 1000 * server_round + epoch)
         loss, _ = train_steps(node.model, loader, optimizer, node.device, fed.local_steps)
         losses.append(loss)
+    if node.method.privacy.local:
+        node.method.privatize_update(node.model, start)
     reply = node.method.encode_up(node.model, start, memory)
     if fed.keep_client_optimizer:
         keep_optimizer(optimizer, memory)

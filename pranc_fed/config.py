@@ -2,7 +2,7 @@
 
 A config is one YAML file whose top-level keys are the fields of `ExperimentConfig`
 (`name`, `seed`, `out_dir`) and its sections (`data`, `model`, `pranc`, `train`,
-`federation`, `methods`, `logging`). Missing keys take the defaults below. Only two things
+`federation`, `methods`, `privacy`, `logging`). Missing keys take the defaults below. Only two things
 override a file: `--set section.key=value` on the CLI and Flower's run config
 (`flwr run . --run-config 'overrides="federation.rounds=5 pranc.num_coeffs=1000"'`, or
 Flower's own `num-server-rounds=5`; see `flat_overrides`). Override values are parsed as YAML, so `true`, `3`, `1e-3`,
@@ -36,6 +36,7 @@ from .aggregation import AGGREGATIONS, NORM_BOUNDS, SERVER_OPTIMIZERS, WEIGHTING
 from .basis import CACHE_DTYPES, CACHES, LAYOUTS, layout_name
 from .data import DEFAULT_TEST_FRACTION, PARTITION_SCHEMES
 from .pranc import ALPHA_DTYPES, MAX_NUM_COEFFS
+from .privacy import MODES as PRIVACY_MODES
 
 CONFIG_FILE_KEY = "config-file"  # Flower run-config key naming the YAML file
 OVERRIDES_KEY = "overrides"  # Flower run-config key holding the shell-quoted overrides of that file
@@ -186,6 +187,21 @@ class MethodsConfig:
 
 
 @dataclass
+class PrivacyConfig:
+    # Client-level differential privacy on each client's update (privacy.py): off unless epsilon or
+    # noise_multiplier is set. Any run: --set privacy.epsilon=4
+    epsilon: float | None = _f(None, gt=0, le=1000)  # target epsilon after federation.rounds; the noise multiplier is calibrated for it
+    noise_multiplier: float | None = _f(None, gt=0, le=1e6)  # sigma directly, instead of a target epsilon (the epsilon spent is still reported)
+    delta: float = _f(1e-5, gt=0, lt=1)  # delta of (epsilon, delta); must be below 1 / federation.num_clients
+    clipping_norm: float = _f(1.0, gt=0, le=1e6)  # C: each client's update is clipped to this L2 norm; noise std is sigma x C
+    mode: str = _f("central", choices=PRIVACY_MODES)  # central: the server clips, sums with equal weights and adds the noise; local: each client clips and adds its own
+
+    @property
+    def enabled(self) -> bool:
+        return self.epsilon is not None or self.noise_multiplier is not None
+
+
+@dataclass
 class LoggingConfig:
     # Trackers that also get rounds.csv's rows (or `pranc-fed train`'s epochs), besides the files of
     # out_dir: tensorboard (OUT/tensorboard; pip install tensorboard), wandb (OUT/wandb), mlflow
@@ -205,7 +221,26 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     methods: MethodsConfig = field(default_factory=MethodsConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def __post_init__(self) -> None:
+        p, fed = self.privacy, self.federation
+        if not p.enabled:
+            return
+        if p.epsilon is not None and p.noise_multiplier is not None:
+            raise ConfigError("privacy.epsilon and privacy.noise_multiplier both set: give one (a target epsilon, or "
+                              "the noise multiplier whose epsilon is then reported)")
+        if p.delta >= 1 / fed.num_clients:
+            raise ConfigError(f"privacy.delta {p.delta:g} is not below 1 / federation.num_clients "
+                              f"({1 / fed.num_clients:g}): such a delta allows releasing one client's data outright")
+        if fed.method == "fedpm":
+            raise ConfigError("privacy applies to methods that average updates; fedpm counts sampled masks: "
+                              "use another federation.method or unset privacy.epsilon/noise_multiplier")
+        if p.mode == "central" and (fed.aggregation != "mean" or fed.norm_bound != "none"):
+            raise ConfigError("central privacy clips and averages every update itself: set federation.aggregation=mean "
+                              "and federation.norm_bound=none (or privacy.mode=local, after whose noise any rule is "
+                              "post-processing)")
 
     def resolved_out_dir(self) -> Path:
         """`out_dir` with "{name}" replaced by `name`."""

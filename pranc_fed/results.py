@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 CHECKPOINT = "checkpoint.npz"  # the server's state after the last complete round (--resume)
 LEDGER_FIELDS = ["round", "node", "partition", "worker", "phase", "direction", "bytes"]
 ROUND_FIELDS = ["round", "clients", "received", "dropped", "up_bytes", "down_bytes", "cum_up_bytes",
-                "cum_down_bytes", "cum_bytes", "train_loss", "val_accuracy", "test_accuracy", "test_loss", "wall_seconds"]
+                "cum_down_bytes", "cum_bytes", "train_loss", "val_accuracy", "test_accuracy", "test_loss", "epsilon", "delta", "wall_seconds"]
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,9 @@ class RunRecorder:
         atomic_write(self.out / CHECKPOINT, lambda f: np.savez(f, **arrays, meta=np.array(meta_json)))
         print(f"[pranc-fed] round {server_round}/{self.total_rounds}  clients {row['received']}/{row['clients']}"
               f"  up {row['up_bytes']:,} B  down {row['down_bytes']:,} B  total {row['cum_bytes']:,} B"
-              f"  test acc {evaluation.test_accuracy:.4f}  loss {evaluation.test_loss:.4f}  {row['wall_seconds']:.0f}s",
+              f"  test acc {evaluation.test_accuracy:.4f}  loss {evaluation.test_loss:.4f}"
+              + ("" if row["epsilon"] is None else f"  epsilon {row['epsilon']:.3f} (delta {row['delta']:g})")
+              + f"  {row['wall_seconds']:.0f}s",
               flush=True)
         return row
 
@@ -76,9 +78,11 @@ def _round_row(strategy: MethodStrategy, server_round: int, evaluation: Evaluati
                 "train_loss": stats.train_loss}
     cum_up = (rows[-1]["cum_up_bytes"] if rows else 0) + row["up_bytes"]
     cum_down = (rows[-1]["cum_down_bytes"] if rows else 0) + row["down_bytes"]
+    privacy = strategy.method.privacy  # epsilon spent so far (empty without DP): an upper bound, every round counted
     return row | {"cum_up_bytes": cum_up, "cum_down_bytes": cum_down, "cum_bytes": cum_up + cum_down,
                   "val_accuracy": evaluation.val_accuracy, "test_accuracy": evaluation.test_accuracy,
-                  "test_loss": evaluation.test_loss, "wall_seconds": round(wall, 3)}
+                  "test_loss": evaluation.test_loss, "epsilon": privacy.epsilon(server_round),
+                  "delta": privacy.delta if privacy.enabled else None, "wall_seconds": round(wall, 3)}
 
 
 def _write_csv(f: BinaryIO, rows: list[dict], fields: list[str]) -> None:

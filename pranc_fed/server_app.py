@@ -76,6 +76,8 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path) -> dict:
     print(f"[pranc-fed] {cfg.name}: {cfg.federation.method} on {cfg.model.arch}, {cfg.federation.num_clients} "
           f"clients, {cfg.federation.rounds} rounds, fingerprint {fingerprint}"
           + (f"; resumed after round {rows[-1]['round']}" if rows else "") + f"; results in {out}", flush=True)
+    if method.privacy.enabled:
+        print(f"[pranc-fed] {method.privacy.describe(cfg.federation.rounds)}", flush=True)
 
     def evaluate_state(state) -> Evaluation:
         """Central evaluation of a global state: test loss and accuracy, and the server's validation accuracy."""
@@ -103,6 +105,16 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path) -> dict:
     print(f"[pranc-fed] done: final test accuracy {summary['final_test_accuracy']:.4f}, "
           f"{summary['total_bytes']:,} bytes on the wire; results in {out}", flush=True)
     return summary
+
+
+def _privacy_summary(privacy, rows) -> dict | None:
+    """summary.json's privacy: the mechanism and the (epsilon, delta) spent after each round."""
+    if not privacy.enabled:
+        return None
+    return {"mode": privacy.mode, "clipping_norm": privacy.clipping_norm, "noise_multiplier": privacy.noise_multiplier,
+            "sample_rate": privacy.sample_rate, "delta": privacy.delta, "accountant": "opacus RDP",
+            "epsilon": rows[-1]["epsilon"] if rows else None,
+            "epsilon_per_round": [r["epsilon"] for r in rows if r["round"] > 0]}
 
 
 class RunFailed(RuntimeError):
@@ -161,7 +173,7 @@ def _summary(cfg, strategy, rows, model, fingerprint, wall) -> dict:
         "clients": cfg.federation.num_clients,
         "num_coeffs": cfg.pranc.num_coeffs if isinstance(model, PrancModel) else None,
         **counts, "dense_fp32_bytes_per_transfer": 4 * counts["param_count"],
-        "fingerprint": fingerprint, "wall_seconds": round(wall, 3),
+        "fingerprint": fingerprint, "wall_seconds": round(wall, 3), "privacy": _privacy_summary(strategy.method.privacy, rows),
         "replies": [{"round": s.round, "sampled": s.sampled, "received": s.received, "dropped": s.dropped}
                     for s in strategy.rounds],
     }

@@ -19,6 +19,7 @@ that registry is the list of choices of federation.method and methods.compare.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from functools import cached_property
 from typing import Callable
 
 import numpy as np
@@ -26,7 +27,7 @@ import torch
 from flwr.app import Array, ArrayRecord, RecordDict
 from torch import nn
 
-from .. import aggregation
+from .. import aggregation, privacy
 from ..codecs import InvalidReply, check_finite
 from ..config import ExperimentConfig
 from ..data import DatasetBundle
@@ -164,14 +165,34 @@ class Method(ABC):
         from ..training import make_optimizer
         return make_optimizer(model, self.cfg)
 
+    @cached_property
+    def privacy(self) -> privacy.Privacy:
+        """The config's differential privacy (privacy.py); calibrated once, when first needed."""
+        return privacy.Privacy(self.cfg)
+
     def aggregate(self, state: State, replies: list[State], weights: np.ndarray, optimizer, memory: dict) -> State:
         """The next global state from the valid replies' deltas: combined by federation.aggregation
-        (aggregation.py; mean: weighted by `weights`), applied by the server optimiser. memory persists on
-        the server between rounds."""
+        (aggregation.py; mean: weighted by `weights`), or under central privacy clipped, summed with equal
+        weights and noised (privacy.py); applied by the server optimiser. memory persists on the server
+        between rounds."""
         fed = self.cfg.federation
-        combined = aggregation.combine(replies, weights, fed.aggregation, fed.trim_fraction, fed.krum_byzantine,
-                                       fed.krum_select)
+        if self.privacy.central:
+            combined = self.privacy.private_mean(replies, self._noise_rng)
+        else:
+            combined = aggregation.combine(replies, weights, fed.aggregation, fed.trim_fraction, fed.krum_byzantine,
+                                           fed.krum_select)
         return optimizer.step(state, combined)
+
+    @cached_property
+    def _noise_rng(self) -> np.random.Generator:
+        return privacy.fresh_rng()
+
+    def privatize_update(self, model: nn.Module, start: State) -> None:
+        """Local privacy, on a client after training: replace the model's update (its state minus the
+        start, over the keys that travel) by the clipped, noised one, which encode_up then sends."""
+        now = self.state_of(model)
+        noisy = self.privacy.privatize_client({k: now[k] - start[k] for k in start}, self._noise_rng)
+        self.load_state(model, {k: start[k] + noisy[k] for k in start})
 
     def begin_round(self, state: State, server_round: int, memory: dict) -> State:
         """The server's state as a training round starts (re-seeded PRANC folds a finished period here)."""
