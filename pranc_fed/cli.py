@@ -72,8 +72,15 @@ def preflight(cfg: ExperimentConfig, centralised: bool = False) -> None:
     model or data (user_code.py) are imported here, and their folders put on PYTHONPATH for the
     processes the run starts."""
     from .loggers import check_installed
+    from .topology import TopologyError, build_graph, is_gossip
     check_installed(cfg)
     check_privacy(cfg)
+    fed = cfg.federation
+    if is_gossip(fed.topology):
+        try:
+            build_graph(fed.topology, fed.num_clients, fed.degree, cfg.seed)
+        except TopologyError as e:
+            raise ConfigError(f"federation.topology: {e}") from None
     bundle = load_configured(cfg.data)
     try:
         resolve_device(cfg.train.device)
@@ -171,7 +178,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     cfg, out = _load(args)
     preflight(cfg)
     _check_resume(cfg, out)
-    return 0 if simulate(args.config, args.overrides, cfg, out) else 1
+    return 0 if simulate(args.config, _absolute_graph_file(cfg, args.overrides), cfg, out) else 1
+
+
+def _absolute_graph_file(cfg: ExperimentConfig, overrides: list[str]) -> list[str]:
+    """A graph FILE relative to this folder, made absolute: the ServerApp runs elsewhere (server_app.output_dir)."""
+    topology = cfg.federation.topology
+    if Path(topology).is_file() and not Path(topology).is_absolute():
+        return [*overrides, f"federation.topology={Path(topology).resolve()}"]
+    return overrides
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
@@ -185,7 +200,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         raise ConfigError("--certs is only used with --tls or --auth")
     nodes = args.nodes or cfg.federation.num_clients
     try:
-        return 0 if deploy(args.config, args.overrides, cfg, out, nodes, tls=args.tls, auth=args.auth,
+        return 0 if deploy(args.config, _absolute_graph_file(cfg, args.overrides), cfg, out, nodes, tls=args.tls, auth=args.auth,
                            certs=args.certs) else 1
     except RuntimeError as e:  # a process that did not start or connect; its log says why
         print(f"pranc-fed: error: {e}", file=sys.stderr)

@@ -22,7 +22,8 @@ from flwr.common.logger import log
 from .basis import FingerprintMismatch
 from .config import ExperimentConfig, config_from_dict, config_from_run_config, config_to_dict
 from .data import TensorImageDataset, client_split, load_configured, make_loader, partition_indices
-from .methods import Method, get_method
+from . import gossip as gossip_mode
+from .methods import InvalidReply, Method, State, get_method
 from .methods.base import keep_optimizer, restore_optimizer
 from .strategy import WORKER_IDS
 from .training import evaluate, federated_train_sets, resolve_device, train_steps
@@ -30,6 +31,7 @@ from .training import evaluate, federated_train_sets, resolve_device, train_step
 APP_DIR = Path(__file__).resolve().parents[1]
 MEMORY_KEY = "method-memory"
 IDENTITY_SENT_KEY = "identity-sent"
+AGENT_STATE_KEY = "agent-state"  # decentralised mode: the agent's own exact state, kept between exchanges
 
 app = ClientApp()
 
@@ -43,16 +45,18 @@ class Node:
     model: torch.nn.Module
     fingerprint: str
     device: torch.device
+    initial: State  # the model's state as built, the same on every party: where every agent starts
     train: TensorImageDataset
     val: TensorImageDataset
 
 
 @functools.lru_cache(maxsize=1)
-def _model(config_json: str) -> tuple[ExperimentConfig, Method, torch.nn.Module, torch.device]:
+def _model(config_json: str) -> tuple[ExperimentConfig, Method, torch.nn.Module, torch.device, State]:
     cfg = config_from_dict(json.loads(config_json))
     device = resolve_device(cfg.train.device)
     method = get_method(cfg)
-    return cfg, method, method.build_model(load_configured(cfg.data), device), device
+    model = method.build_model(load_configured(cfg.data), device)
+    return cfg, method, model, device, {k: v.copy() for k, v in method.state_of(model).items()}
 
 
 @functools.lru_cache(maxsize=64)
@@ -68,7 +72,7 @@ def _partition(config_json: str, partition_id: int, num_partitions: int) -> tupl
 
 def node_for(context: Context) -> Node:
     config_json = json.dumps(config_to_dict(config_from_run_config(context.run_config, APP_DIR)), sort_keys=True)
-    cfg, method, model, device = _model(config_json)
+    cfg, method, model, device, initial = _model(config_json)
     partitions = int(context.node_config["num-partitions"])
     if partitions != cfg.federation.num_clients:
         # Flower's own count (flwr run's default is 2 simulated SuperNodes) would split the data
@@ -79,7 +83,7 @@ def node_for(context: Context) -> Node:
                          f"'num-supernodes={cfg.federation.num_clients}', or pranc-fed simulate) or set "
                          f"federation.num_clients={partitions}")
     train, val = _partition(config_json, int(context.node_config["partition-id"]), partitions)
-    return Node(cfg, method, model, method.fingerprint(model), device, train, val)
+    return Node(cfg, method, model, method.fingerprint(model), device, initial, train, val)
 
 
 def _start(msg: Message, context: Context) -> tuple[Node, dict[str, np.ndarray]]:
@@ -118,27 +122,71 @@ def _metrics(context: Context, values: dict[str, int | float]) -> MetricRecord:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     node, memory = _start(msg, context)
-    cfg, fed = node.cfg, node.cfg.federation
     start = node.method.load_down(node.model, msg.content["arrays"], memory)
+    loss = _train_locally(node, int(msg.content["config"]["server-round"]), memory)
+    if node.method.privacy.local:
+        node.method.privatize_update(node.model, start)
+    reply = node.method.encode_up(node.model, start, memory)
+    _keep(context, MEMORY_KEY, memory)
+    metrics = _metrics(context, {"num-examples": len(node.train), "train-loss": loss})
+    content = RecordDict({"arrays": reply, "metrics": metrics,
+                          "config": ConfigRecord({"fingerprint": node.fingerprint})})
+    return Message(content=content, reply_to=msg)
+
+
+def _train_locally(node: Node, server_round: int, memory: dict[str, np.ndarray]) -> float:
+    """federation.local_epochs of training of node.model from what it holds; the mean loss. The
+    optimiser starts afresh unless federation.keep_client_optimizer (then its state lives in memory)."""
+    cfg, fed = node.cfg, node.cfg.federation
     optimizer = node.method.make_optimizer(node.model)
     if fed.keep_client_optimizer:
         restore_optimizer(optimizer, memory)
-    server_round = int(msg.content["config"]["server-round"])
     losses = []
     for epoch in range(fed.local_epochs):
         loader = make_loader(node.train, cfg.train.batch_size, shuffle=True,
                              seed=cfg.seed + 1000 * server_round + epoch)
         loss, _ = train_steps(node.model, loader, optimizer, node.device, fed.local_steps)
         losses.append(loss)
-    if node.method.privacy.local:
-        node.method.privatize_update(node.model, start)
-    reply = node.method.encode_up(node.model, start, memory)
     if fed.keep_client_optimizer:
         keep_optimizer(optimizer, memory)
-    if memory:
-        context.state[MEMORY_KEY] = ArrayRecord({k: Array(v) for k, v in memory.items()})
-    metrics = _metrics(context, {"num-examples": len(node.train), "train-loss": float(np.mean(losses))})
-    content = RecordDict({"arrays": reply, "metrics": metrics,
+    return float(np.mean(losses))
+
+
+def _keep(context: Context, key: str, arrays: dict[str, np.ndarray]) -> None:
+    if arrays:
+        context.state[key] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
+
+
+@app.train("gossip")
+def gossip(msg: Message, context: Context) -> Message:
+    """One exchange of decentralised mode (pranc_fed/gossip.py): mix the neighbours' messages this
+    agent accepts, train on the round's first exchange, reply the coded state for the neighbours."""
+    node, memory = _start(msg, context)
+    config = msg.content["config"]
+    own = {k: v.numpy() for k, v in context.state[AGENT_STATE_KEY].items()} \
+        if AGENT_STATE_KEY in context.state else node.initial
+    pairs = gossip_mode.check_weights(config.get("neighbours"), config.get("weights"), node.cfg.federation.num_clients)
+    received, dropped = [], 0
+    max_bytes = 16 * sum(v.size for v in own.values()) + 65_536  # as the server's cap on a reply
+    for j, weight in pairs:
+        try:
+            received.append((weight, gossip_mode.read_neighbour(
+                node.method, msg.content.get(f"{gossip_mode.NEIGHBOUR_PREFIX}{j}"), own, max_bytes)))
+        except (InvalidReply, ValueError, TypeError) as e:  # a bad neighbour is left out, never mixed
+            dropped += 1
+            log(logging.WARNING, f"[pranc-fed] agent {context.node_config['partition-id']}: dropped the message "
+                                 f"of neighbour {j}: {e}")
+    state = gossip_mode.mix(own, received, node.cfg.federation)
+    values: dict[str, int | float] = {"num-examples": len(node.train), "neighbours-mixed": len(received),
+                                      "neighbours-dropped": dropped}
+    if config.get("train") is True:
+        node.method.load_state(node.model, state)
+        values["train-loss"] = _train_locally(node, int(config["server-round"]), memory)
+        state = node.method.state_of(node.model)
+    reply = node.method.encode_down(state, memory)  # the sender's error-feedback residual lives in memory
+    _keep(context, AGENT_STATE_KEY, state)
+    _keep(context, MEMORY_KEY, memory)
+    content = RecordDict({"arrays": reply, "metrics": _metrics(context, values),
                           "config": ConfigRecord({"fingerprint": node.fingerprint})})
     return Message(content=content, reply_to=msg)
 

@@ -37,6 +37,7 @@ from .basis import CACHE_DTYPES, CACHES, LAYOUTS, layout_name
 from .data import DEFAULT_TEST_FRACTION, PARTITION_SCHEMES
 from .pranc import ALPHA_DTYPES, MAX_NUM_COEFFS
 from .privacy import MODES as PRIVACY_MODES
+from .topology import MIXINGS, STAR, TOPOLOGIES, is_gossip
 
 CONFIG_FILE_KEY = "config-file"  # Flower run-config key naming the YAML file
 OVERRIDES_KEY = "overrides"  # Flower run-config key holding the shell-quoted overrides of that file
@@ -160,11 +161,23 @@ class FederationConfig:
     trim_fraction: float = _f(0.2, ge=0, lt=0.5)  # trimmed_mean: share cut from each end (floor(trim x replies))
     krum_byzantine: int = _f(1, ge=0, le=10**6)  # krum: f, the attackers it assumes (scores use the n - f - 2 nearest)
     krum_select: int = _f(1, ge=1, le=10**6)  # krum: replies averaged (1 = Krum, more = Multi-Krum)
+    # Decentralised learning (pranc_fed/gossip.py): with a topology other than star no node averages for
+    # everyone; each agent trains, sends its coded state to its graph neighbours and mixes what it receives.
+    # The server only relays messages (it sees them); edges.csv counts the bytes per edge as if peer-to-peer.
+    # The robust rules above then apply to each agent's mix of its neighbours (norm_bound clip: clipped
+    # gossip; aggregation median: neighbour median); server_optimizer, resume and client_eval do not apply.
+    topology: str = _f(STAR)  # star (server averages) | ring | torus | random_regular | complete | FILE: an edge list "i j" per line or a 0/1 adjacency matrix (topology.py)
+    degree: int = _f(4, ge=1, le=10**6)  # random_regular: neighbours per agent
+    gossip_steps: int = _f(1, ge=1, le=1000)  # exchanges with the neighbours per round (local training once per round)
+    mixing: str = _f("metropolis", choices=MIXINGS)  # mixing weights: metropolis (Metropolis-Hastings) | max_degree
 
     def __post_init__(self) -> None:
         if self.method == "fedpm" and (self.aggregation != "mean" or self.norm_bound != "none"):
             raise ConfigError("federation.aggregation and federation.norm_bound apply to methods that average "
                               "updates; fedpm counts sampled masks: set aggregation=mean and norm_bound=none")
+        if self.topology not in TOPOLOGIES and not ("/" in self.topology or Path(self.topology).suffix):
+            raise ConfigError(f"federation.topology: {self.topology!r} is not allowed; choose one of "
+                              f"{', '.join(TOPOLOGIES)}, or give a graph file (a path, e.g. graphs/ring10.txt)")
 
 
 @dataclass
@@ -225,6 +238,8 @@ class ExperimentConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def __post_init__(self) -> None:
+        if is_gossip(self.federation.topology):
+            _check_gossip(self)
         p, fed = self.privacy, self.federation
         if not p.enabled:
             return
@@ -245,6 +260,30 @@ class ExperimentConfig:
     def resolved_out_dir(self) -> Path:
         """`out_dir` with "{name}" replaced by `name`."""
         return Path(self.out_dir.replace("{name}", self.name))
+
+
+def _check_gossip(cfg: ExperimentConfig) -> None:
+    """What decentralised mode (federation.topology != star) cannot do, refused in one line each."""
+    from .methods import gossip_methods
+    fed, name = cfg.federation, f"federation.topology={cfg.federation.topology}"
+    refusals = [
+        (fed.method not in gossip_methods(), f"federation.method {fed.method!r} cannot gossip; choose one of "
+                                             f"{', '.join(gossip_methods())}"),
+        (fed.server_optimizer != "avg" or fed.server_lr != 1.0,
+         "there is no server optimiser: set federation.server_optimizer=avg and federation.server_lr=1"),
+        (fed.resume, "a decentralised run cannot resume (the agents' states live on the agents): "
+                     "set federation.resume=false"),
+        (fed.client_eval, "the relay evaluates every agent's model centrally: set federation.client_eval=false"),
+        (fed.method == "pranc" and cfg.pranc.reseed_period > 0, "re-seeded PRANC needs a server that folds "
+                                                                "periods: set pranc.reseed_period=0"),
+        (cfg.privacy.enabled, "the privacy accountant covers a server's average, not gossip: unset "
+                              "privacy.epsilon and privacy.noise_multiplier"),
+        (fed.method == "pranc" and not cfg.pranc.share_local_params,
+         "agents mix their whole state: set pranc.share_local_params=true"),
+    ]
+    for refused, reason in refusals:
+        if refused:
+            raise ConfigError(f"{name}: {reason} (or federation.topology=star)")
 
 
 # ---------------------------------------------------------------- type and rule checks

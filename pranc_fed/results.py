@@ -51,9 +51,10 @@ class RunRecorder:
     def record(self, strategy: MethodStrategy, server_round: int, evaluation: Evaluation) -> dict:
         row = _round_row(strategy, server_round, evaluation, self.rows, time.perf_counter() - self.started)
         self.rows.append(row)
-        atomic_write(self.out / "rounds.csv", lambda f: _write_csv(f, self.rows, ROUND_FIELDS))
+        atomic_write(self.out / "rounds.csv", lambda f: _write_csv(f, self.rows, ROUND_FIELDS + strategy.round_fields()))
         self.trackers.log(row)
-        atomic_write(self.out / "ledger.csv", lambda f: _write_csv(f, strategy.ledger_rows(), LEDGER_FIELDS))
+        for name, (table, fields) in strategy.tables().items():
+            atomic_write(self.out / name, lambda f: _write_csv(f, table, fields))
         arrays, meta = strategy.checkpoint()
         meta_json = json.dumps(meta | {"rows": self.rows})
         atomic_write(self.out / CHECKPOINT, lambda f: np.savez(f, **arrays, meta=np.array(meta_json)))
@@ -61,6 +62,9 @@ class RunRecorder:
               f"  up {row['up_bytes']:,} B  down {row['down_bytes']:,} B  total {row['cum_bytes']:,} B"
               f"  test acc {evaluation.test_accuracy:.4f}  loss {evaluation.test_loss:.4f}"
               + ("" if row["epsilon"] is None else f"  epsilon {row['epsilon']:.3f} (delta {row['delta']:g})")
+              + (f"  worst agent {row['worst_accuracy']:.4f}  consensus {row['consensus_distance']:.4g}"
+                 f"  {row['bytes_per_agent']:,.0f} B/agent over edges"
+                 if row.get("worst_accuracy") is not None and row.get("consensus_distance") is not None else "")
               + f"  {row['wall_seconds']:.0f}s",
               flush=True)
         return row
@@ -78,6 +82,7 @@ def _round_row(strategy: MethodStrategy, server_round: int, evaluation: Evaluati
                 "train_loss": stats.train_loss}
     cum_up = (rows[-1]["cum_up_bytes"] if rows else 0) + row["up_bytes"]
     cum_down = (rows[-1]["cum_down_bytes"] if rows else 0) + row["down_bytes"]
+    row |= strategy.round_extras(server_round, evaluation)
     privacy = strategy.method.privacy  # epsilon spent so far (empty without DP): an upper bound, every round counted
     return row | {"cum_up_bytes": cum_up, "cum_down_bytes": cum_down, "cum_bytes": cum_up + cum_down,
                   "val_accuracy": evaluation.val_accuracy, "test_accuracy": evaluation.test_accuracy,

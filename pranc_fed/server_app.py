@@ -23,6 +23,7 @@ from .methods import get_method
 from .pranc import PrancModel
 from .results import CHECKPOINT, Evaluation, RunRecorder, parameter_counts, save_results
 from .strategy import MethodStrategy
+from .topology import is_gossip
 from .training import evaluate, federated_train_sets, resolve_device, test_loader
 
 APP_DIR = Path(__file__).resolve().parents[1]
@@ -66,7 +67,11 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path) -> dict:
     method = get_method(cfg)
     model = method.build_model(bundle, device)
     fingerprint = method.fingerprint(model)
-    strategy = MethodStrategy(cfg, method, method.state_of(model), fingerprint)
+    if is_gossip(cfg.federation.topology):
+        from .gossip import GossipRelay  # decentralised: the server only relays (gossip.py)
+        strategy = GossipRelay(cfg, method, method.state_of(model), fingerprint)
+    else:
+        strategy = MethodStrategy(cfg, method, method.state_of(model), fingerprint)
     tests = test_loader(cfg, bundle)
     held_out = federated_train_sets(cfg, bundle)[1]
     validation = None if held_out is None else make_loader(held_out, 1000, shuffle=False, seed=cfg.seed)
@@ -75,6 +80,8 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path) -> dict:
     atomic_write(out / "config.json", lambda f: f.write(json.dumps(config_to_dict(cfg), indent=2).encode()))
     print(f"[pranc-fed] {cfg.name}: {cfg.federation.method} on {cfg.model.arch}, {cfg.federation.num_clients} "
           f"clients, {cfg.federation.rounds} rounds, fingerprint {fingerprint}"
+          + (f"; decentralised over topology {cfg.federation.topology} (the server only relays)"
+             if is_gossip(cfg.federation.topology) else "")
           + (f"; resumed after round {rows[-1]['round']}" if rows else "") + f"; results in {out}", flush=True)
     if method.privacy.enabled:
         print(f"[pranc-fed] {method.privacy.describe(cfg.federation.rounds)}", flush=True)
@@ -102,6 +109,11 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path) -> dict:
     if "failure" in summary:
         print(f"[pranc-fed] run failed: {summary['failure']}; results in {out}", flush=True)
         raise RunFailed(summary["failure"])
+    if "final_worst_accuracy" in summary:
+        print(f"[pranc-fed] agents: mean test accuracy {summary['final_test_accuracy']:.4f}, worst "
+              f"{summary['final_worst_accuracy']:.4f}; {summary['total_edge_bytes']:,} bytes over "
+              f"{summary['edges']} edges ({summary['total_edge_bytes'] / max(summary['edges'], 1):,.0f} per edge)",
+              flush=True)
     print(f"[pranc-fed] done: final test accuracy {summary['final_test_accuracy']:.4f}, "
           f"{summary['total_bytes']:,} bytes on the wire; results in {out}", flush=True)
     return summary
@@ -174,6 +186,7 @@ def _summary(cfg, strategy, rows, model, fingerprint, wall) -> dict:
         "num_coeffs": cfg.pranc.num_coeffs if isinstance(model, PrancModel) else None,
         **counts, "dense_fp32_bytes_per_transfer": 4 * counts["param_count"],
         "fingerprint": fingerprint, "wall_seconds": round(wall, 3), "privacy": _privacy_summary(strategy.method.privacy, rows),
+        **strategy.summary_extras(),
         "replies": [{"round": s.round, "sampled": s.sampled, "received": s.received, "dropped": s.dropped}
                     for s in strategy.rounds],
     }

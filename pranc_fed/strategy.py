@@ -20,7 +20,7 @@ from .aggregation import ServerOptimizer
 from .config import ExperimentConfig
 from .methods import InvalidReply, Method, State
 from .methods.base import record_bytes
-from .results import Evaluation, RunRecorder
+from .results import LEDGER_FIELDS, Evaluation, RunRecorder
 
 log = logging.getLogger("pranc_fed.strategy")
 
@@ -28,7 +28,10 @@ log = logging.getLogger("pranc_fed.strategy")
 # partition-id and worker-id come once per node and run, so ledger.csv can name the data partition
 # and the machine behind a node id.
 REPLY_METRICS = {"train": ("num-examples", "train-loss", "partition-id", "worker-id"),
-                 "evaluate": ("num-examples", "val-loss", "val-accuracy", "partition-id", "worker-id")}
+                 "evaluate": ("num-examples", "val-loss", "val-accuracy", "partition-id", "worker-id"),
+                 # an agent's message in decentralised mode (gossip.py): what it mixed and refused
+                 "gossip": ("num-examples", "train-loss", "neighbours-mixed", "neighbours-dropped", "partition-id",
+                            "worker-id")}
 # A worker id is 56 bits naming a machine (client_app.worker_id) plus bit 63, which makes every id
 # a 10-byte varint: a run's bytes do not depend on the machines it ran on.
 WORKER_IDS = range(1 << 63, (1 << 63) + (1 << 56))
@@ -183,7 +186,7 @@ class MethodStrategy(FedAvg):
             raise InvalidReply(f"client error: {quoted(msg.error.reason)}")
         content = msg.content
         required = [("metrics", MetricRecord), ("config", ConfigRecord)]
-        for key, kind in required + ([("arrays", ArrayRecord)] if phase == "train" else []):
+        for key, kind in required + ([("arrays", ArrayRecord)] if phase != "evaluate" else []):
             if not isinstance(content.get(key), kind):
                 raise InvalidReply(f"missing {kind.__name__} {key!r}")
         if set(content["config"].keys()) != {"fingerprint"}:
@@ -218,10 +221,10 @@ class MethodStrategy(FedAvg):
             oversized = size > self.max_reply_bytes  # then refused before any of it is re-serialised or decoded
             size = size if oversized else size and record_bytes(msg.content)
             self.ledger.append({"round": server_round, "node": node, "phase": phase, "direction": "up", "bytes": size})
-            if phase == "train":
-                stats.up_bytes += size
-            else:
+            if phase == "evaluate":
                 stats.eval_up_bytes += size
+            else:
+                stats.up_bytes += size
             if oversized:
                 self._drop(server_round, phase, node, InvalidReply(
                     f"reply of about {size:,} bytes, more than the {self.max_reply_bytes:,} any reply of this method needs"))
@@ -246,6 +249,21 @@ class MethodStrategy(FedAvg):
         return [row | {"partition": self.partitions.get(row["node"], ""),
                        "worker": worker_name(self.workers[row["node"]]) if row["node"] in self.workers else ""}
                 for row in self.ledger]
+
+    # What the RunRecorder asks besides the round stats; the decentralised relay (gossip.py) adds its own.
+    def round_extras(self, server_round: int, evaluation: Evaluation) -> dict:
+        """rounds.csv columns beyond results.ROUND_FIELDS, for this round."""
+        return {}
+
+    def round_fields(self) -> list[str]:
+        return []
+
+    def tables(self) -> dict[str, tuple[list[dict], list[str]]]:
+        """The CSV files rewritten after every round: name -> (rows, columns)."""
+        return {"ledger.csv": (self.ledger_rows(), LEDGER_FIELDS)}
+
+    def summary_extras(self) -> dict:
+        return {}
 
     def _drop(self, server_round: int, phase: str, node: int, reason: Exception) -> None:
         text = str(reason) if isinstance(reason, InvalidReply) else f"{type(reason).__name__}: {quoted(str(reason))}"

@@ -8,7 +8,9 @@ and then send, in every round:
     claim      -1 x their change, claiming federation.max_num_examples examples
     byteorder  their change as big-endian bytes, still labelled float32
 
-Only float32 arrays are attacked, so the study runs with the float32 uplink codec.
+Only float32 arrays are attacked, so the study runs with the float32 uplink codec. In decentralised mode
+(simulations/gossip_study.py) the same attacks hit the agent's message to its neighbours, which carries
+its state rather than a change: scale sends 100 x its alpha, signflip -10 x its alpha.
 pranc_fed/client_app.py carries no attack hooks.
 """
 
@@ -43,7 +45,15 @@ def _attack(values: np.ndarray, rng: np.random.Generator) -> np.ndarray | bytes:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    reply = client_app.train(msg, context)
+    return _attacked(client_app.train(msg, context), msg, context)
+
+
+@app.train("gossip")
+def gossip(msg: Message, context: Context) -> Message:
+    return _attacked(client_app.gossip(msg, context), msg, context)
+
+
+def _attacked(reply: Message, msg: Message, context: Context) -> Message:
     if int(context.node_config["partition-id"]) not in attack_spec.ATTACKERS:
         return reply
     rng = np.random.default_rng([int(context.node_config["partition-id"]), int(msg.content["config"]["server-round"])])

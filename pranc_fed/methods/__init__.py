@@ -19,4 +19,10 @@ def get_method(cfg: ExperimentConfig) -> Method:
     return METHODS[name](cfg)
 
 
-__all__ = ["METHODS", "InvalidReply", "Method", "State", "get_method"]
+def gossip_methods() -> tuple[str, ...]:
+    """The methods that can run decentralised (federation.topology != star): those that decode a
+    broadcast into a state without a model (Method.decode_down)."""
+    return tuple(name for name, m in METHODS.items() if m.decode_down is not Method.decode_down)
+
+
+__all__ = ["METHODS", "InvalidReply", "Method", "State", "get_method", "gossip_methods"]

@@ -156,6 +156,12 @@ class Method(ABC):
     def decode_up(self, record: ArrayRecord, state: State) -> State:
         """The delta a reply proposes for the global state; raises InvalidReply on anything malformed."""
 
+    def decode_down(self, record: ArrayRecord, like: State) -> State:
+        """A broadcast (encode_down's record) decoded into the state it stands for, validated (raises
+        InvalidReply), touching no model: how a gossiping agent reads a neighbour's message and the relay
+        evaluates it. A method that does not override it cannot gossip (methods.gossip_methods)."""
+        raise NotImplementedError(f"{self.name} cannot decode a state without a model")
+
     def network(self, model: nn.Module) -> nn.Module:
         """The plain network the model stands for: its weights are what bits per weight count."""
         return model

@@ -31,11 +31,14 @@ class FedAvg(Method):
     def decode_state(self, record: ArrayRecord, like: State) -> State:
         return decode_state(record, like, lambda key: self.wire_dtype)
 
+    def decode_down(self, record: ArrayRecord, like: State) -> State:
+        return self.decode_state(record, like)
+
     def load_state(self, model: nn.Module, state: State) -> None:
         model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=False)
 
     def load_down(self, model: nn.Module, record: ArrayRecord, memory: dict[str, np.ndarray]) -> State:
-        state = self.decode_state(record, self.state_of(model))
+        state = self.decode_down(record, self.state_of(model))
         self.load_state(model, state)
         return state
 

@@ -167,6 +167,9 @@ class Pranc(Method):
             model.module.load_state_dict(own, strict=False)
         return state
 
+    def decode_down(self, record: ArrayRecord, like: State) -> State:
+        return self._decode(self.down, record, _trained(like), omit_zeros=True)
+
     def encode_up(self, model: PrancModel, start: State, memory: dict[str, np.ndarray]) -> ArrayRecord:
         if not self.cfg.pranc.share_local_params:
             memory.update({k: v.cpu().numpy() for k, v in model.local_state().items()})
