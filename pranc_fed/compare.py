@@ -115,11 +115,13 @@ def _codec_overrides(codecs: str) -> list[str]:
     return [f"pranc.uplink_codec={up}", f"pranc.downlink_codec={down or up}"]
 
 
-# Keys that do not change what a run does: where it writes, and what the comparison lists and reports.
+# Keys that do not change what a run does: where it writes, what the comparison lists and reports, and how
+# the basis is held (cached or regenerated chunk by chunk: the same values either way).
 NOT_RUN_SETTINGS = ("out_dir", "methods.compare", "methods.compare_num_coeffs", "methods.compare_codecs",
                     "methods.compare_reseed_periods",
                     "methods.target_accuracy",
-                    "methods.lr_search", "methods.lr_search_rounds", "methods.seeds", "logging")
+                    "methods.lr_search", "methods.lr_search_rounds", "methods.seeds", "logging",
+                    "pranc.basis_budget_mb", "pranc.cache", "pranc.max_basis_gb")
 
 
 def _run_settings(cfg: ExperimentConfig) -> dict:

@@ -98,6 +98,10 @@ class Basis:
             # a GPU keeps its own copy in device memory, generated there.
             cached = fits and self.engine == "torch"
             chosen = ("disk" if share and self.device.type == "cpu" else "memory") if cached else "none"
+            if not fits and self.engine == "torch":
+                warnings.warn(f"the {cache_dtype} basis needs {nbytes / 2**20:,.0f} MB, more than pranc.basis_budget_mb="
+                              f"{budget_mb:g}: it is regenerated chunk by chunk at every step (several times "
+                              "slower); raise the budget or set pranc.cache_dtype=bfloat16 to cache it")
         if chosen == "disk":
             try:
                 self._cached = self._open_disk_cache(Path(cache_path) if cache_path else None)
