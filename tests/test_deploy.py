@@ -25,13 +25,14 @@ from pranc_fed.config import load_config
 from pranc_fed.deploy import Deployment, collect, deploy
 from pranc_fed.pranc import read_pranc_file
 
+from .conftest import FLOAT32_ALPHA
 from .poisoned_client import FORGED_LINE
 from pranc_fed.runner import alive, descendants, run_config_for
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "mnist_lenet.yaml"
 SMALL = ["pranc.num_coeffs=200", "pranc.layout=per_layer", "data.train_subset=900", "data.test_subset=500",
          "pranc.alpha_lr=0.03", "federation.local_steps=10", "train.batch_size=32", "federation.num_clients=3",
-         "federation.round_timeout=300"]
+         "federation.round_timeout=300", *FLOAT32_ALPHA]
 RUN_TIMEOUT = 420  # seconds a whole run may take before a test gives up (the machine is shared)
 # Flower's framing per message on top of the RecordDict the ledger counts (see pranc_fed/deploy.py):
 # message metadata, object headers and 64-hex-digit object ids; 1.6-1.9 KB measured here.

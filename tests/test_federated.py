@@ -18,6 +18,8 @@ from pranc_fed.methods.base import record_bytes, to_array
 from pranc_fed.runner import simulate
 from pranc_fed.strategy import MethodStrategy
 
+from .conftest import FLOAT32_ALPHA
+
 K = 64
 
 
@@ -107,7 +109,7 @@ def test_up_bytes_are_alpha_values_plus_fixed_overhead(dtype, value_bytes):
 
 
 def test_simulation_end_to_end(tmp_path):
-    overrides = ["federation.rounds=2", "federation.num_clients=3", "pranc.num_coeffs=200",
+    overrides = ["federation.rounds=2", "federation.num_clients=3", "pranc.num_coeffs=200", *FLOAT32_ALPHA,
                  "data.train_subset=1500", "data.test_subset=500", "train.batch_size=64", "pranc.alpha_lr=0.03"]
     cfg = load_config("configs/mnist_lenet.yaml", overrides)
     assert simulate("configs/mnist_lenet.yaml", overrides, cfg, tmp_path)
@@ -219,8 +221,10 @@ def test_a_killed_run_resumes_to_the_same_final_model(tmp_path):
     import subprocess
     import sys
     import time
+    # Stateless clients: a kept Adam state and an uplink residual live on the clients, not in the checkpoint.
     small = ["federation.num_clients=2", "pranc.num_coeffs=200", "data.train_subset=1500", "data.test_subset=500",
-             "train.batch_size=64", "pranc.alpha_lr=0.03", "federation.rounds=3"]
+             "train.batch_size=64", "pranc.alpha_lr=0.03", "federation.rounds=3", *FLOAT32_ALPHA,
+             "federation.keep_client_optimizer=false"]
     cli = [sys.executable, "-m", "pranc_fed.cli", "simulate", "configs/mnist_lenet.yaml"]
     cli += [arg for o in small for arg in ("--set", o)]
     whole, killed = tmp_path / "whole", tmp_path / "killed"

@@ -70,7 +70,7 @@ def test_a_config_is_a_file_or_the_name_of_a_packaged_config(tmp_path, monkeypat
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / "mnist_lenet.yaml").write_text("name: mine\n")
     assert resolve_config("configs/mnist_lenet.yaml") == Path("configs/mnist_lenet.yaml")  # a file wins
-    listed = "cifar10_resnet20, mnist_lenet, mnist_lenet_dirichlet, mnist_lenet_long"
+    listed = "cifar10_resnet20, mnist_lenet, mnist_lenet_dirichlet, mnist_lenet_long, mnist_lenet_ring"
     for wrong in ("mnist_lenett", "elsewhere/mnist_lenet.yaml", "mnist_lenet.yml", ""):
         message = f"no config file {wrong!r}, nor a packaged config of that name; the packaged configs are {listed}"
         with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
