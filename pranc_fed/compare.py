@@ -116,7 +116,7 @@ def _codec_overrides(codecs: str) -> list[str]:
 
 
 # Keys that do not change what a run does: where it writes, what the comparison lists and reports, and how
-# the basis is held (cached or regenerated chunk by chunk: the same values either way).
+# the basis is held (cached or regenerated chunk by chunk: the same basis values either way).
 NOT_RUN_SETTINGS = ("out_dir", "methods.compare", "methods.compare_num_coeffs", "methods.compare_codecs",
                     "methods.compare_reseed_periods",
                     "methods.target_accuracy",

@@ -283,7 +283,7 @@ def test_cache_budget_and_bad_options() -> None:
     model = build_model("lenet")
     with pytest.raises(ValueError, match="basis_budget_mb"):
         Basis.for_module(model, 5000, SEED, "lenet", cache="memory", budget_mb=1)
-    with pytest.warns(UserWarning, match="regenerated chunk by chunk at every step"):  # slow, so said once
+    with pytest.warns(UserWarning, match="regenerated chunk by chunk at every step"):  # slow, so it says so
         assert not Basis.for_module(model, 100, SEED, "lenet", cache="auto", budget_mb=0.01).is_cached
     for kwargs in ({"cache": "ram"}, {"cache_dtype": "int8"}, {"engine": "cuda"}):
         with pytest.raises(ValueError, match="choose one of"):
