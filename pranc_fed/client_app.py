@@ -23,6 +23,7 @@ from .basis import FingerprintMismatch
 from .config import ExperimentConfig, config_from_dict, config_from_run_config, config_to_dict
 from .data import TensorImageDataset, client_split, load_configured, make_loader, partition_indices
 from . import gossip as gossip_mode
+from . import secagg
 from .methods import InvalidReply, Method, State, get_method
 from .methods.base import keep_optimizer, restore_optimizer
 from .strategy import WORKER_IDS
@@ -126,9 +127,16 @@ def train(msg: Message, context: Context) -> Message:
     loss = _train_locally(node, int(msg.content["config"]["server-round"]), memory)
     if node.method.privacy.local:
         node.method.privatize_update(node.model, start)
-    reply = node.method.encode_up(node.model, start, memory)
+    values: dict[str, int | float] = {"num-examples": len(node.train), "train-loss": loss}
+    keys = msg.content["config"].get(secagg.KEYS_CONFIG)
+    if keys is None:
+        reply = node.method.encode_up(node.model, start, memory)
+    else:  # secure aggregation: the update, masked (secagg.py); no codec, no error feedback
+        now = node.method.state_of(node.model)
+        reply, values["secagg-clipped"] = secagg.masked_reply(node.method, {k: now[k] - start[k] for k in start},
+                                                              context, list(keys), node.cfg.secagg.clip_range)
     _keep(context, MEMORY_KEY, memory)
-    metrics = _metrics(context, {"num-examples": len(node.train), "train-loss": loss})
+    metrics = _metrics(context, values)
     content = RecordDict({"arrays": reply, "metrics": metrics,
                           "config": ConfigRecord({"fingerprint": node.fingerprint})})
     return Message(content=content, reply_to=msg)
@@ -187,6 +195,16 @@ def gossip(msg: Message, context: Context) -> Message:
     _keep(context, AGENT_STATE_KEY, state)
     _keep(context, MEMORY_KEY, memory)
     content = RecordDict({"arrays": reply, "metrics": _metrics(context, values),
+                          "config": ConfigRecord({"fingerprint": node.fingerprint})})
+    return Message(content=content, reply_to=msg)
+
+
+@app.query(secagg.KEYS_ACTION)
+def secagg_keys(msg: Message, context: Context) -> Message:
+    """Secure aggregation's first exchange of a round: a fresh public key (secagg.py)."""
+    node, _ = _start(msg, context)
+    content = RecordDict({"arrays": secagg.public_key_reply(context),
+                          "metrics": _metrics(context, {"num-examples": len(node.train)}),
                           "config": ConfigRecord({"fingerprint": node.fingerprint})})
     return Message(content=content, reply_to=msg)
 

@@ -215,6 +215,15 @@ class PrivacyConfig:
 
 
 @dataclass
+class SecAggConfig:
+    # Secure aggregation (secagg.py): each client masks its update with pairwise masks that cancel in the
+    # sum, so the server learns only the round's sum (equal weights), never one client's update. It costs
+    # a key round trip per round and 32 bits per value up. Any star run: --set secagg.enabled=true
+    enabled: bool = _f(False)
+    clip_range: float = _f(1.0, gt=0, le=1e6)  # each value of an update is clipped to [-clip_range, clip_range] for its 32-bit fixed-point code; replies count the values clipped (secagg-clipped in ledger.csv's round, summary.json)
+
+
+@dataclass
 class LoggingConfig:
     # Trackers that also get rounds.csv's rows (or `pranc-fed train`'s epochs), besides the files of
     # out_dir: tensorboard (OUT/tensorboard; pip install tensorboard), wandb (OUT/wandb), mlflow
@@ -235,11 +244,14 @@ class ExperimentConfig:
     federation: FederationConfig = field(default_factory=FederationConfig)
     methods: MethodsConfig = field(default_factory=MethodsConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    secagg: SecAggConfig = field(default_factory=SecAggConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def __post_init__(self) -> None:
         if is_gossip(self.federation.topology):
             _check_gossip(self)
+        if self.secagg.enabled:
+            _check_secagg(self)
         p, fed = self.privacy, self.federation
         if not p.enabled:
             return
@@ -284,6 +296,26 @@ def _check_gossip(cfg: ExperimentConfig) -> None:
     for refused, reason in refusals:
         if refused:
             raise ConfigError(f"{name}: {reason} (or federation.topology=star)")
+
+
+def _check_secagg(cfg: ExperimentConfig) -> None:
+    """What secure aggregation (secagg.enabled) cannot do, refused in one line each: the server sees only
+    the sum, so every rule that reads a single update is impossible."""
+    from .methods import secure_methods
+    fed = cfg.federation
+    refusals = [
+        (fed.method not in secure_methods(), f"federation.method {fed.method!r} cannot be securely aggregated (the "
+                                             f"server sees only the sum); choose one of {', '.join(secure_methods())}"),
+        (is_gossip(fed.topology), "decentralised agents mix their neighbours' states, not a sum: set "
+                                  "federation.topology=star"),
+        (fed.aggregation != "mean" or fed.norm_bound != "none",
+         "the server sees only the sum of the updates: set federation.aggregation=mean and federation.norm_bound=none"),
+        (fed.method == "pranc" and cfg.pranc.reseed_period > 0,
+         "a masked reply cannot carry re-seeded PRANC's period check: set pranc.reseed_period=0"),
+    ]
+    for refused, reason in refusals:
+        if refused:
+            raise ConfigError(f"secagg.enabled: {reason} (or secagg.enabled=false)")
 
 
 # ---------------------------------------------------------------- type and rule checks

@@ -70,6 +70,9 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path) -> dict:
     if is_gossip(cfg.federation.topology):
         from .gossip import GossipRelay  # decentralised: the server only relays (gossip.py)
         strategy = GossipRelay(cfg, method, method.state_of(model), fingerprint)
+    elif cfg.secagg.enabled:
+        from .secagg import SecureAggregation  # the server reads only the sum of masked updates (secagg.py)
+        strategy = SecureAggregation(cfg, method, method.state_of(model), fingerprint)
     else:
         strategy = MethodStrategy(cfg, method, method.state_of(model), fingerprint)
     tests = test_loader(cfg, bundle)
@@ -85,6 +88,9 @@ def run_federated(grid: Grid, cfg: ExperimentConfig, out: Path) -> dict:
           + (f"; resumed after round {rows[-1]['round']}" if rows else "") + f"; results in {out}", flush=True)
     if method.privacy.enabled:
         print(f"[pranc-fed] {method.privacy.describe(cfg.federation.rounds)}", flush=True)
+    if cfg.secagg.enabled:
+        print(f"[pranc-fed] secure aggregation: the server reads only each round's sum of masked updates, averaged "
+              f"with equal weights; values clipped to +-{cfg.secagg.clip_range:g}", flush=True)
 
     def evaluate_state(state) -> Evaluation:
         """Central evaluation of a global state: test loss and accuracy, and the server's validation accuracy."""

@@ -27,7 +27,8 @@ log = logging.getLogger("pranc_fed.strategy")
 # The metrics a reply may carry, per phase; anything else is dropped with the reply.
 # partition-id and worker-id come once per node and run, so ledger.csv can name the data partition
 # and the machine behind a node id.
-REPLY_METRICS = {"train": ("num-examples", "train-loss", "partition-id", "worker-id"),
+REPLY_METRICS = {"train": ("num-examples", "train-loss", "partition-id", "worker-id", "secagg-clipped"),
+                 "secagg-keys": ("num-examples", "partition-id", "worker-id"),  # secagg.py's key exchange
                  "evaluate": ("num-examples", "val-loss", "val-accuracy", "partition-id", "worker-id"),
                  # an agent's message in decentralised mode (gossip.py): what it mixed and refused
                  "gossip": ("num-examples", "train-loss", "neighbours-mixed", "neighbours-dropped", "partition-id",
@@ -102,13 +103,17 @@ class MethodStrategy(FedAvg):
         each round, evaluate(the global state), then the recorder writes the round down."""
         for server_round in range(first_round, num_rounds + 1):
             log.info("[ROUND %d/%d]", server_round, num_rounds)
-            replies = grid.send_and_receive(self.configure_train(server_round, ArrayRecord(), ConfigRecord(), grid),
-                                            timeout=timeout)
-            self.aggregate_train(server_round, replies)
+            self.train_round(grid, server_round, timeout)
             replies = grid.send_and_receive(self.configure_evaluate(server_round, ArrayRecord(), ConfigRecord(), grid),
                                             timeout=timeout)
             self.aggregate_evaluate(server_round, replies)
             recorder.record(self, server_round, evaluate(self.state))
+
+    def train_round(self, grid: Grid, server_round: int, timeout: float) -> None:
+        """Broadcast, train, aggregate (secagg.SecureAggregation masks this part)."""
+        replies = grid.send_and_receive(self.configure_train(server_round, ArrayRecord(), ConfigRecord(), grid),
+                                        timeout=timeout)
+        self.aggregate_train(server_round, replies)
 
     # Everything a resumed run needs, as arrays (exact, any dtype) and JSON.
     _SAVED_ARRAYS = {"state": "state", "memory": "server_memory"}
@@ -149,10 +154,12 @@ class MethodStrategy(FedAvg):
         size = min(len(nodes), max(int(len(nodes) * fraction), self.min_train_nodes))
         return sorted(self.rng.sample(nodes, size))
 
-    def _broadcast(self, server_round: int, grid: Grid, fraction: float, phase: str, message_type: str) -> list[Message]:
-        nodes = self._sample(grid, fraction)
+    def _broadcast(self, server_round: int, grid: Grid, fraction: float, phase: str, message_type: str,
+                   nodes: list[int] | None = None, extra_config: dict | None = None) -> list[Message]:
+        """The state to `nodes` (default: a sample of `fraction`), with extra_config's keys in every config."""
+        nodes = self._sample(grid, fraction) if nodes is None else nodes
         arrays = self.method.encode_down(self.state, self.server_memory)
-        config = ConfigRecord({"server-round": server_round, "fingerprint": self.fingerprint})
+        config = ConfigRecord({"server-round": server_round, "fingerprint": self.fingerprint} | (extra_config or {}))
         stats = self.round_stats(server_round)
         self.sent, total = [], 0
         for node in nodes:

@@ -1,4 +1,6 @@
-"""Shared pytest settings."""
+"""Shared pytest settings and helpers."""
+
+from flwr.app import Context, RecordDict
 
 
 def pytest_configure(config):
@@ -11,3 +13,31 @@ def pytest_configure(config):
 # Overrides for tests whose checks read alpha as plain float32 values (bytes = K x 4 + envelope, the
 # test-only ClientApp's attacks and dumps): the default config codes it in fewer bits.
 FLOAT32_ALPHA = ["pranc.uplink_codec=float32", "pranc.downlink_codec=float32"]
+
+
+class InProcessGrid:
+    """A Grid that hands each message to the real ClientApp handler of its message type (handlers: type ->
+    function), in this process. Nodes in `offline` never answer (churn); on_reply(msg, reply) may change
+    or drop (None) a reply."""
+
+    def __init__(self, run_config: dict, n: int, handlers: dict):
+        self.run_config, self.handlers, self.offline = run_config, handlers, set()
+        self.contexts = {100 + p: Context(run_id=1, node_id=100 + p, node_config={"partition-id": p, "num-partitions": n},
+                                          state=RecordDict(), run_config=run_config) for p in range(n)}
+        self.on_reply = lambda msg, reply: reply
+        self.count = 0
+
+    def get_node_ids(self):
+        return list(self.contexts)
+
+    def send_and_receive(self, messages, timeout=None):
+        replies = []
+        for msg in messages:
+            self.count += 1
+            msg.metadata.__dict__["_message_id"] = f"m{self.count}"  # Flower sets it when it pushes a message
+            handler = self.handlers[msg.metadata.message_type]
+            if msg.metadata.dst_node_id not in self.offline:
+                reply = self.on_reply(msg, handler(msg, self.contexts[msg.metadata.dst_node_id]))
+                if reply is not None:
+                    replies.append(reply)
+        return replies

@@ -8,7 +8,7 @@ import shlex
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from pranc_fed import client_app
@@ -21,6 +21,8 @@ from pranc_fed.results import Evaluation
 from pranc_fed.runner import simulate
 from pranc_fed.strategy import MethodStrategy
 from pranc_fed.topology import TopologyError, build_graph, mixing_matrix, spectral_gap
+
+from .conftest import InProcessGrid
 
 K = 64
 
@@ -144,31 +146,6 @@ def test_a_robust_mix_resists_one_wild_neighbour_and_the_mean_does_not(rule):
 
 # ---------------------------------------------------------------- the relay with real agents, in process
 
-class InProcessGrid:
-    """A Grid that hands each message to the real ClientApp handler of its node, in this process;
-    nodes in `offline` never answer (churn)."""
-
-    def __init__(self, run_config: dict, n: int, handler=None):
-        self.run_config, self.offline = run_config, set()
-        self.contexts = {100 + p: Context(run_id=1, node_id=100 + p, node_config={"partition-id": p, "num-partitions": n},
-                                          state=RecordDict(), run_config=run_config) for p in range(n)}
-        self.handler = handler or client_app.gossip
-        self.count = 0
-
-    def get_node_ids(self):
-        return list(self.contexts)
-
-    def send_and_receive(self, messages, timeout=None):
-        replies = []
-        for msg in messages:
-            self.count += 1
-            msg.metadata.__dict__["_message_id"] = f"m{self.count}"  # Flower sets it when it pushes a message
-            assert msg.metadata.message_type == GOSSIP_ACTION
-            if msg.metadata.dst_node_id not in self.offline:
-                replies.append(self.handler(msg, self.contexts[msg.metadata.dst_node_id]))
-        return replies
-
-
 def _relay(n: int, *overrides):
     settings = [f"federation.num_clients={n}", f"pranc.num_coeffs={K}", "data.train_subset=600", "train.batch_size=64",
                 "federation.local_steps=1", "federation.min_train_clients=1", *overrides]
@@ -176,7 +153,8 @@ def _relay(n: int, *overrides):
     method = get_method(cfg)
     model = method.build_model(load_dataset("mnist"), torch.device("cpu"))
     relay = GossipRelay(cfg, method, method.state_of(model), method.fingerprint(model))
-    grid = InProcessGrid({"config-file": "configs/mnist_lenet_ring.yaml", "overrides": shlex.join(settings)}, n)
+    grid = InProcessGrid({"config-file": "configs/mnist_lenet_ring.yaml", "overrides": shlex.join(settings)}, n,
+                         {GOSSIP_ACTION: client_app.gossip})
     return relay, grid
 
 
@@ -250,7 +228,7 @@ def test_a_bad_neighbour_message_is_dropped_by_the_receiver_and_never_mixed(bad)
     elif bad == "oversize":
         broken = ArrayRecord({"alpha": to_array(np.zeros(K, np.float32)), "junk": Array(np.zeros(10**6, np.float32))})
     if bad == "not-a-record":
-        msg.content[f"from-2"] = ConfigRecord({"alpha": 1.0})
+        msg.content["from-2"] = ConfigRecord({"alpha": 1.0})
     else:
         msg.content["from-2"] = broken
     context = grid.contexts[node_of[0]]

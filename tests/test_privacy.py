@@ -133,9 +133,11 @@ def test_local_privacy_replaces_the_clients_update_by_a_clipped_noised_one(metho
     assert update_norm({k: now[k] - start[k] for k in start}) == pytest.approx(0.5, rel=1e-3)
 
 
-def test_simulation_reports_epsilon_per_round(tmp_path):
+def test_simulation_reports_epsilon_per_round_under_secure_aggregation(tmp_path):
+    """One real Flower simulation for both: local DP, whose noised updates are then masked (secagg.py)."""
     overrides = ["federation.rounds=2", "federation.num_clients=3", "pranc.num_coeffs=200", "data.train_subset=1500",
-                 "data.test_subset=500", "train.batch_size=64", "privacy.epsilon=4", "privacy.mode=local"]
+                 "data.test_subset=500", "train.batch_size=64", "privacy.epsilon=4", "privacy.mode=local",
+                 "secagg.enabled=true", "secagg.clip_range=64"]
     cfg = load_config("configs/mnist_lenet.yaml", overrides)
     assert simulate("configs/mnist_lenet.yaml", overrides, cfg, tmp_path)
     rows = list(csv.DictReader((tmp_path / "rounds.csv").open()))
@@ -145,3 +147,8 @@ def test_simulation_reports_epsilon_per_round(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["privacy"]["mode"] == "local" and summary["privacy"]["epsilon_per_round"] == epsilons[1:]
     assert summary["privacy"]["noise_multiplier"] == pytest.approx(Privacy(cfg).noise_multiplier)
+    assert summary["secure_aggregation"] == {"clip_range": 64.0, "clipped_values": 0, "rounds_lost": 0}
+    ledger = list(csv.DictReader((tmp_path / "ledger.csv").open()))
+    assert sum(r["phase"] == "secagg-keys" for r in ledger) == 2 * 2 * 3  # rounds x directions x clients
+    masked = [int(r["bytes"]) for r in ledger if r["phase"] == "train" and r["direction"] == "up"]
+    assert len(masked) == 6 and all(0 < b - 200 * 4 < 300 for b in masked)  # 32 bits a value, whatever the codec

@@ -25,4 +25,11 @@ def gossip_methods() -> tuple[str, ...]:
     return tuple(name for name, m in METHODS.items() if m.decode_down is not Method.decode_down)
 
 
-__all__ = ["METHODS", "InvalidReply", "Method", "State", "get_method", "gossip_methods"]
+def secure_methods() -> tuple[str, ...]:
+    """The methods a server can aggregate from the sum of the updates alone (secagg.enabled): those whose
+    reply is a plain update of the state, averaged by Method.aggregate (not topk/qsgd/signsgd, whose
+    compression would be lost under 32-bit masks, nor fedpm, which counts masks)."""
+    return tuple(name for name, m in METHODS.items() if m.plain_update)
+
+
+__all__ = ["METHODS", "InvalidReply", "Method", "State", "get_method", "gossip_methods", "secure_methods"]

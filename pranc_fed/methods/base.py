@@ -123,6 +123,7 @@ class Method(ABC):
 
     name: str = ""
     lr_key = "train.lr"  # the config key of the learning rate this method trains with
+    plain_update = False  # its reply is the client's change of the state (load_down's start), averaged as is: it can be masked (secagg.py)
 
     def __init__(self, cfg: ExperimentConfig):
         self.cfg = cfg
@@ -183,21 +184,21 @@ class Method(ABC):
         between rounds."""
         fed = self.cfg.federation
         if self.privacy.central:
-            combined = self.privacy.private_mean(replies, self._noise_rng)
+            combined = self.privacy.private_mean(replies, self.noise_rng)
         else:
             combined = aggregation.combine(replies, weights, fed.aggregation, fed.trim_fraction, fed.krum_byzantine,
                                            fed.krum_select)
         return optimizer.step(state, combined)
 
     @cached_property
-    def _noise_rng(self) -> np.random.Generator:
+    def noise_rng(self) -> np.random.Generator:
         return privacy.fresh_rng()
 
     def privatize_update(self, model: nn.Module, start: State) -> None:
         """Local privacy, on a client after training: replace the model's update (its state minus the
         start, over the keys that travel) by the clipped, noised one, which encode_up then sends."""
         now = self.state_of(model)
-        noisy = self.privacy.privatize_client({k: now[k] - start[k] for k in start}, self._noise_rng)
+        noisy = self.privacy.privatize_client({k: now[k] - start[k] for k in start}, self.noise_rng)
         self.load_state(model, {k: start[k] + noisy[k] for k in start})
 
     def begin_round(self, state: State, server_round: int, memory: dict) -> State:

@@ -43,6 +43,7 @@ class DenseDelta(FedAvg):
     """Base of the dense-model methods that send a compressed delta; see the module docstring."""
 
     supports_error_feedback = False  # whether methods.error_feedback applies to this method
+    plain_update = False  # its reply is a compressed delta, which 32-bit masks would undo
 
     @property
     def wire_dtype(self) -> str:

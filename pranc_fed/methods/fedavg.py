@@ -15,6 +15,7 @@ from .base import Method, State, decode_state, float_state, to_array
 class FedAvg(Method):
     name = "fedavg"
     wire_dtype = "float32"
+    plain_update = True
 
     def setting(self) -> str:
         return {"float32": "fp32", "float16": "fp16"}[self.wire_dtype]

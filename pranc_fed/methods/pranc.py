@@ -49,6 +49,7 @@ PERIOD_KEY = "period"
 class Pranc(Method):
     name = "pranc"
     lr_key = "pranc.alpha_lr"
+    plain_update = True
 
     def __init__(self, cfg):
         super().__init__(cfg)
