@@ -355,7 +355,7 @@ def _missing_replies(ledger: list[dict]) -> dict[str, list[str]]:
     """Per round, the nodes that were sent a message but never replied (lost or timed out)."""
     missing = {}
     for rnd in sorted({r["round"] for r in ledger}):
-        for phase in ("train", "evaluate"):
+        for phase in sorted({r["phase"] for r in ledger}):  # train, evaluate, gossip, secagg-keys
             rows = [r for r in ledger if r["round"] == rnd and r["phase"] == phase]
             lost = sorted({r["node"] for r in rows if r["direction"] == "down"}
                           - {r["node"] for r in rows if r["direction"] == "up"})

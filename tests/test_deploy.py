@@ -147,10 +147,14 @@ def test_no_client_can_crash_poison_forge_or_stall_the_run_in_real_processes(fed
 
 
 @pytest.mark.deploy
-def test_a_supernode_killed_after_round_one_does_not_stop_the_run(federation):
+def test_a_supernode_killed_after_round_one_does_not_stop_the_agents_on_a_ring(federation):
+    """Decentralised mode in real processes (the agents' states live in the SuperNodes' Flower state):
+    three agents on a ring, the third killed after round 1; the other two go on without it. The star
+    drops a lost node through the same reply handling (MethodStrategy._receive)."""
     deployment, root, _ = federation  # runs last: it kills one of the shared nodes
     out = root / "killed"
-    overrides = [*SMALL, "federation.rounds=2", "federation.min_train_clients=2", "federation.round_timeout=90"]
+    overrides = [*SMALL, "federation.rounds=2", "federation.min_train_clients=2", "federation.round_timeout=90",
+                 "federation.topology=ring"]
     run_id = submit(deployment, overrides, out)
     deadline = time.monotonic() + RUN_TIMEOUT
     while not ((out / "rounds.csv").is_file() and len(rounds(out)) >= 2):  # round 0 and round 1
@@ -164,14 +168,20 @@ def test_a_supernode_killed_after_round_one_does_not_stop_the_run(federation):
     # heartbeats); the dead node's reply is an error reply ("node unavailable") or missing (timeout).
     result = replies(out)
     assert [(r["sampled"], r["received"]) for r in result] == [(3, 3), (3, 2)], result
-    assert list(result[1]["dropped"]) == [dead] or report["missing_replies"] == {"2/train": [dead]}, result
-    assert len(rounds(out)) == 3
+    assert list(result[1]["dropped"]) == [dead] or report["missing_replies"] == {"2/gossip": [dead]}, result
+    per_round = rounds(out)
+    assert len(per_round) == 3 and [r["agents"] for r in per_round[1:]] == ["3", "2"]
+    assert float(per_round[2]["worst_accuracy"]) <= float(per_round[2]["test_accuracy"])
+    with (out / "edges.csv").open() as f:
+        senders = {e["src"] for e in csv.DictReader(f) if e["round"] == "2"}
+    assert len(senders) == 2  # the two agents left still sent to their neighbours
 
 
 @pytest.mark.deploy
-def test_tls_and_node_auth_complete_and_refuse_an_unregistered_node(tmp_path):
+def test_tls_and_node_auth_complete_a_securely_aggregated_round_and_refuse_an_unregistered_node(tmp_path):
     out = tmp_path / "run"
-    overrides = [*SMALL, "federation.rounds=1"]  # accuracy is the first test's business
+    # accuracy is the first test's business; secure aggregation runs here as a real deployment would run it
+    overrides = [*SMALL, "federation.rounds=1", "secagg.enabled=true"]
     seen = {}
 
     def intruder(deployment: Deployment) -> None:
@@ -189,6 +199,10 @@ def test_tls_and_node_auth_complete_and_refuse_an_unregistered_node(tmp_path):
     report = json.loads((out / "deployment.json").read_text())
     assert report["tls"] and report["auth"] and report["status"] == "finished:completed"
     assert [r["received"] for r in replies(out)] == [3]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds_aggregated"] == 1 and summary["secure_aggregation"]["rounds_lost"] == 0
+    with (out / "ledger.csv").open() as f:
+        assert sum(r["phase"] == "secagg-keys" for r in csv.DictReader(f)) == 6  # a key down and up per node
     assert not [pid for pid in seen["pids"] if alive(pid)], "processes left running"
 
 
