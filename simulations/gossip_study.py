@@ -3,8 +3,9 @@
     .venv/bin/python simulations/gossip_study.py [--out runs/gossip_study] [--only NAME ...] [--set key=value ...]
 
 Every run is a real Flower simulation of the project's ServerApp (the star, or the relay of
-pranc_fed/gossip.py) on MNIST/LeNet, scaled down for a 2-core CPU (STUDY below). Runs already finished
-(summary.json present) are kept, so the command resumes. Writes gossip_study.csv (one row per run and
+pranc_fed/gossip.py) on MNIST/LeNet with 10 and 50 agents and on JPEG CIFAR-10/ResNet20 with 10 (unpacked
+where CIFAR10_JPEG points, /tmp/cifar10 by default), scaled down for a 2-core CPU (STUDIES below). Runs
+already finished (summary.json present) are kept, so the command resumes. Writes gossip_study.csv (one row per run and
 round), gossip_study.md (the tables) and gossip_study.png (mean and worst agent accuracy per round).
 """
 
@@ -24,10 +25,22 @@ from attack_study import make_app  # noqa: E402
 from pranc_fed.config import load_config  # noqa: E402
 from pranc_fed.runner import simulate  # noqa: E402
 
-CONFIG = ROOT / "configs" / "mnist_lenet_ring.yaml"
-STUDY = ["pranc.num_coeffs=1000", "pranc.uplink_codec=float32", "pranc.downlink_codec=float32",
+CONFIGS = ROOT / "configs"
+# Scaled down for a 2-core CPU. MNIST: 8,000 training and 2,000 test images, 6 rounds, K = 1000.
+MNIST = ["pranc.num_coeffs=1000", "pranc.uplink_codec=float32", "pranc.downlink_codec=float32",
          "data.train_subset=8000", "data.test_subset=2000", "train.batch_size=128", "federation.rounds=6",
-         "federation.num_clients=10", "federation.min_train_clients=2"]
+         "federation.min_train_clients=2"]
+# JPEG CIFAR-10/ResNet20 as docs/results/cifar10_resnet20_p1_seeds_iid scales it (20 local Adam steps of
+# batch 64, kept client Adam, lr 0.003, 2,000 test images), but every agent trains every round, 5 rounds,
+# and one fixed basis (gossip has no server to fold re-seeded periods): K=10000 per layer, int8 messages.
+CIFAR10 = ["data.dataset=" + __import__("os").environ.get("CIFAR10_JPEG", "/tmp/cifar10"), "data.test_subset=2000",
+           "federation.rounds=5", "federation.local_steps=20", "train.batch_size=64",
+           "federation.keep_client_optimizer=true", "train.lr=0.003", "pranc.alpha_lr=0.003",
+           "pranc.num_coeffs=10000", "pranc.layout=per_layer", "pranc.uplink_codec=int8",
+           "pranc.downlink_codec=int8", "federation.fraction_train=1.0", "federation.min_train_clients=2"]
+# study -> (config, its settings, agent counts, partitions, graphs, Byzantine runs?)
+STUDIES = {"mnist": (CONFIGS / "mnist_lenet_ring.yaml", MNIST, [10, 50], ["iid", "dir0.3"], ["star", "ring", "rr4"], True),
+           "cifar10": (CONFIGS / "cifar10_resnet20.yaml", CIFAR10, [10], ["iid"], ["star", "ring"], False)}
 PARTITIONS = {"iid": ["data.partition=iid"], "dir0.3": ["data.partition=dirichlet", "data.dirichlet_alpha=0.3"]}
 GRAPHS = {"star": ["federation.topology=star"], "ring": ["federation.topology=ring"],
           "rr4": ["federation.topology=random_regular", "federation.degree=4"]}
@@ -38,25 +51,33 @@ ATTACKER = [0]  # partition 0 attacks its neighbours 1 and 9 on the ring
 
 
 def runs() -> list[dict]:
+    """Every run of the study. Names: GRAPH-DATA-METHOD for MNIST's 10 agents (as first published),
+    prefixed a50- for 50 agents and cifar10- for CIFAR-10; byz-ring-iid-MIX-ATTACK for the attacks."""
     out = []
-    for part in PARTITIONS:
-        for graph in GRAPHS:
-            for method in METHODS:
-                if graph == "star" and method == "fp16":
-                    continue  # the star's own dense baselines are in the other sections of docs/results.md
-                out.append({"name": f"{graph}-{part}-{method}", "graph": graph, "partition": part, "method": method,
-                            "mix": "mean", "attack": "none"})
-    for mix in MIXES:
-        for attack in ATTACKS:
-            if (mix, attack) != ("mean", "none"):  # that one is ring-iid-pranc above
-                out.append({"name": f"byz-ring-iid-{mix}-{attack}", "graph": "ring", "partition": "iid",
-                            "method": "pranc", "mix": mix, "attack": attack})
+    for study, (_, _, agent_counts, partitions, graphs, byzantine) in STUDIES.items():
+        for agents in agent_counts:
+            prefix = ("" if study == "mnist" else f"{study}-") + ("" if agents == 10 else f"a{agents}-")
+            for part in partitions:
+                for graph in graphs:
+                    for method in METHODS:
+                        if graph == "star" and method == "fp16":
+                            continue  # the star's dense baselines are in the other sections of docs/results.md
+                        out.append({"name": f"{prefix}{graph}-{part}-{method}", "study": study, "agents": agents,
+                                    "graph": graph, "partition": part, "method": method, "mix": "mean",
+                                    "attack": "none"})
+        if byzantine:
+            for mix in MIXES:
+                for attack in ATTACKS:
+                    if (mix, attack) != ("mean", "none"):  # that one is ring-iid-pranc above
+                        out.append({"name": f"byz-ring-iid-{mix}-{attack}", "study": study, "agents": 10,
+                                    "graph": "ring", "partition": "iid", "method": "pranc", "mix": mix,
+                                    "attack": attack})
     return out
 
 
 def overrides(run: dict) -> list[str]:
-    return [*STUDY, *PARTITIONS[run["partition"]], *GRAPHS[run["graph"]], *METHODS[run["method"]],
-            *MIXES[run["mix"]], f"name=gossip-{run['name']}"]
+    return [*STUDIES[run["study"]][1], f"federation.num_clients={run['agents']}", *PARTITIONS[run["partition"]],
+            *GRAPHS[run["graph"]], *METHODS[run["method"]], *MIXES[run["mix"]], f"name=gossip-{run['name']}"]
 
 
 def per_agent_round_bytes(rows: list[dict], summary: dict, graph: str, clients: int) -> list[float]:
@@ -71,6 +92,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "runs" / "gossip_study"))
     parser.add_argument("--only", nargs="*", help="run only these names (see runs())")
+    parser.add_argument("--study", choices=STUDIES, help="run only this study's runs")
     parser.add_argument("--set", dest="extra", action="append", default=[])
     args = parser.parse_args()
     out = Path(args.out).resolve()
@@ -78,14 +100,15 @@ def main() -> int:
     for run in runs():
         run_out = out / run["name"]
         if not (run_out / "summary.json").is_file():
-            if args.only is not None and run["name"] not in args.only:
+            if (args.only is not None and run["name"] not in args.only) or args.study not in (None, run["study"]):
                 continue
             settings = [*overrides(run), *args.extra]
-            cfg = load_config(CONFIG, settings)
+            config = STUDIES[run["study"]][0]
+            cfg = load_config(config, settings)
             app = None if run["attack"] == "none" else make_app(out / "apps" / run["attack"], run["attack"], ATTACKER,
                                                                cfg.federation.max_num_examples)
             print(f"[gossip-study] {run['name']}", flush=True)
-            simulate(CONFIG, settings, cfg, run_out, app=app)
+            simulate(config, settings, cfg, run_out, app=app)
         if not (run_out / "summary.json").is_file():
             continue
         summary = json.loads((run_out / "summary.json").read_text())
@@ -101,7 +124,7 @@ def main() -> int:
     return 0
 
 
-FIELDS = ["name", "graph", "partition", "method", "mix", "attack", "round", "mean_accuracy", "worst_accuracy",
+FIELDS = ["name", "study", "agents", "graph", "partition", "method", "mix", "attack", "round", "mean_accuracy", "worst_accuracy",
           "consensus_distance", "bytes_per_agent_round", "total_bytes"]
 
 
@@ -114,13 +137,14 @@ def write(out: Path, table: list[dict]) -> None:
     last = {}
     for row in table:
         last[row["name"]] = row
-    lines = ["| run | graph | data | method | mean acc | worst acc | consensus dist. | B/agent/round | total MB |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|"]
+    lines = ["| run | study | agents | graph | data | method | rounds | mean acc | worst acc | consensus dist. | "
+             "B/agent/round | total MB |", "|---|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for name, r in last.items():
         if r["attack"] != "none" or r["mix"] != "mean":
             continue
         dist = f"{float(r['consensus_distance']):.3g}" if r["consensus_distance"] not in ("", None) else "-"
-        lines.append(f"| {name} | {r['graph']} | {r['partition']} | {r['method']} | {r['mean_accuracy']:.2%} | "
+        lines.append(f"| {name} | {r['study']} | {r['agents']} | {r['graph']} | {r['partition']} | {r['method']} | "
+                     f"{r['round']} | {r['mean_accuracy']:.2%} | "
                      f"{r['worst_accuracy']:.2%} | {dist} | {r['bytes_per_agent_round']:,} | {r['total_bytes'] / 1e6:.3f} |")
     byz = {(r["mix"], r["attack"]): r for r in last.values() if r["name"].startswith("byz-") or r["name"] == "ring-iid-pranc"}
     if byz:
@@ -135,24 +159,28 @@ def write(out: Path, table: list[dict]) -> None:
 
 
 def plot(out: Path, table: list[dict]) -> None:
+    """One panel per study, agent count and partition: mean (solid) and worst (dashed) agent per round."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(PARTITIONS), figsize=(6 * len(PARTITIONS), 4), sharey=True)
-    for ax, part in zip(axes, PARTITIONS):
-        names = dict.fromkeys(r["name"] for r in table if r["partition"] == part and r["attack"] == "none"
-                              and r["mix"] == "mean")
-        for name in names:
-            rows = [r for r in table if r["name"] == name]
+    plain = [r for r in table if r["attack"] == "none" and r["mix"] == "mean"]
+    panels = list(dict.fromkeys((r["study"], r["agents"], r["partition"]) for r in plain))
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, (study, agents, part) in zip(axes[0], panels):
+        rows_of = [r for r in plain if (r["study"], r["agents"], r["partition"]) == (study, agents, part)]
+        for name in dict.fromkeys(r["name"] for r in rows_of):
+            rows = [r for r in rows_of if r["name"] == name]
             line, = ax.plot([r["round"] for r in rows], [r["mean_accuracy"] for r in rows], label=f"{name} mean")
             if rows[0]["graph"] != "star":
                 ax.plot([r["round"] for r in rows], [r["worst_accuracy"] for r in rows], ls="--", color=line.get_color())
-        ax.set_title(f"MNIST/LeNet, 10 agents, {part}: mean (solid) and worst (dashed) agent")
+        ax.set_title(f"{study}, {agents} agents, {part}", fontsize=9)
         ax.set_xlabel("round")
-        ax.set_ylabel("test accuracy")
-        ax.legend(fontsize=7)
+        ax.set_ylabel("test accuracy (solid: mean agent, dashed: worst)")
+        ax.legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(out / "gossip_study.png", dpi=120)
+    fig.savefig(out / "gossip_study.png", dpi=110)
 
 
 if __name__ == "__main__":

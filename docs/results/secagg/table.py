@@ -18,7 +18,7 @@ for folder in sorted(p for p in runs.iterdir() if (p / "summary.json").is_file()
     later = rows[1:]
     walls = [float(r["wall_seconds"]) for r in rows]
     secure = summary.get("secure_aggregation")
-    mode, method, _, _, enabled = folder.name.split("-")
+    mode, method, _, enabled = folder.name.split("-")
     values = summary["num_coeffs"] or summary["param_count"]
     writer.writerow([folder.name, mode, method, summary["clients"], enabled, values,
                      round(sum(int(r["up_bytes"]) for r in later) / len(later)),
