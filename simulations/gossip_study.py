@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -33,11 +34,12 @@ MNIST = ["pranc.num_coeffs=1000", "pranc.uplink_codec=float32", "pranc.downlink_
 # JPEG CIFAR-10/ResNet20 as docs/results/cifar10_resnet20_p1_seeds_iid scales it (20 local Adam steps of
 # batch 64, kept client Adam, lr 0.003, 2,000 test images), but every agent trains every round, 5 rounds,
 # and one fixed basis (gossip has no server to fold re-seeded periods): K=10000 per layer, int8 messages.
-CIFAR10 = ["data.dataset=" + __import__("os").environ.get("CIFAR10_JPEG", "/tmp/cifar10"), "data.test_subset=2000",
+CIFAR10 = ["data.dataset=" + os.environ.get("CIFAR10_JPEG", "/tmp/cifar10"), "data.test_subset=2000",
            "federation.rounds=5", "federation.local_steps=20", "train.batch_size=64",
            "federation.keep_client_optimizer=true", "train.lr=0.003", "pranc.alpha_lr=0.003",
            "pranc.num_coeffs=10000", "pranc.layout=per_layer", "pranc.uplink_codec=int8",
-           "pranc.downlink_codec=int8", "federation.fraction_train=1.0", "federation.min_train_clients=2"]
+           "pranc.downlink_codec=int8", "federation.fraction_train=1.0", "federation.min_train_clients=2",
+           "federation.round_timeout=3600"]  # rounds of 10 agents took up to 10 min on the loaded CPU
 # study -> (config, its settings, agent counts, partitions, graphs, Byzantine runs?)
 STUDIES = {"mnist": (CONFIGS / "mnist_lenet_ring.yaml", MNIST, [10, 50], ["iid", "dir0.3"], ["star", "ring", "rr4"], True),
            "cifar10": (CONFIGS / "cifar10_resnet20.yaml", CIFAR10, [10], ["iid"], ["star", "ring"], False)}
