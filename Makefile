@@ -17,8 +17,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/pranc-fed simulate configs/mnist_lenet.yaml
 
+# Two workers, one test file each at a time (module fixtures such as test_deploy's federation stay on
+# one worker): much of the suite waits on processes starting, heartbeats and sockets, not the CPU.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
