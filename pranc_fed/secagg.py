@@ -28,7 +28,7 @@ most 2 x clip_range per value over the number of clients (its code is confined t
 Limits, stated plainly: no secret sharing of the keys, so one client that drops after sending its key
 makes the round's sum unrecoverable: the round is not aggregated and the global model is kept (SecAgg's
 extra round trips exist for that); no authentication of the relayed keys (a malicious server could
-substitute them); every pair is masked (SecAgg+ masks only O(log n) neighbours); 32 bits per value up,
+substitute them; a client only refuses a round of fewer than federation.min_train_clients keys); every pair is masked (SecAgg+ masks only O(log n) neighbours); 32 bits per value up,
 whatever pranc.uplink_codec says, since the masked code must hold the sum of all clients' codes.
 """
 
@@ -138,7 +138,8 @@ def public_key_reply(context: Context) -> ArrayRecord:
 
 def masked_reply(method: Method, update: State, context: Context, keys, clip_range: float) -> tuple[ArrayRecord, int]:
     """The masked code of `update` for the participants whose public keys are `keys` (this client's among
-    them), and how many of its values were clipped to the range. The private key is used once."""
+    them), and how many of its values were clipped to the range. The private key is used once. Fewer
+    than federation.min_train_clients keys (and never one) is refused: alone, a client's mask is zero."""
     if PRIVATE_KEY_STATE not in context.state:
         raise ValueError("a masked reply was asked for without a key exchange first (no private key in this "
                          "client's state)")
@@ -149,6 +150,9 @@ def masked_reply(method: Method, update: State, context: Context, keys, clip_ran
         raise ValueError(f"{KEYS_CONFIG} must list distinct {PUBLIC_KEY_BYTES}-byte public keys")
     if saved["public"] not in keys:
         raise ValueError(f"this client's public key is not among the round's {len(keys)} keys")
+    if len(keys) < max(2, method.cfg.federation.min_train_clients):
+        raise ValueError(f"{len(keys)} participant(s) in a masked round, fewer than federation.min_train_clients "
+                         f"({method.cfg.federation.min_train_clients}, at least 2): the sum would reveal the update")
     if method.privacy.central:  # the server cannot clip a masked update: the client does
         update = clip(update, method.privacy.clipping_norm)
     values = flatten(update)

@@ -216,14 +216,14 @@ def test_a_sampled_node_that_never_replies_is_listed_as_timed_out():
 
 
 def test_a_killed_run_resumes_to_the_same_final_model(tmp_path):
-    """Kill a simulation after its first round, resume it, and get the uninterrupted run's model."""
+    """Kill a simulation of two rounds after its first, resume it, and get the uninterrupted run's model."""
     import signal
     import subprocess
     import sys
     import time
     # Stateless clients: a kept Adam state and an uplink residual live on the clients, not in the checkpoint.
     small = ["federation.num_clients=2", "pranc.num_coeffs=200", "data.train_subset=1500", "data.test_subset=500",
-             "train.batch_size=64", "pranc.alpha_lr=0.03", "federation.rounds=3", *FLOAT32_ALPHA,
+             "train.batch_size=64", "pranc.alpha_lr=0.03", "federation.rounds=2", *FLOAT32_ALPHA,
              "federation.keep_client_optimizer=false"]
     cli = [sys.executable, "-m", "pranc_fed.cli", "simulate", "configs/mnist_lenet.yaml"]
     cli += [arg for o in small for arg in ("--set", o)]
@@ -240,7 +240,7 @@ def test_a_killed_run_resumes_to_the_same_final_model(tmp_path):
     assert run.wait(timeout=60) != 0
     assert not (killed / "summary.json").exists()
     done = len((killed / "rounds.csv").read_text().splitlines()) - 2  # the header and round 0
-    assert 1 <= done < 3
+    assert done == 1
 
     resumed = subprocess.run([*cli, "--resume", str(killed)], capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
@@ -254,10 +254,10 @@ def test_a_killed_run_resumes_to_the_same_final_model(tmp_path):
     # resumed run's first round carries those few bytes again.
     up = lambda folder: [int(r["up_bytes"]) for r in csv.DictReader((folder / "rounds.csv").open())]  # noqa: E731
     extra = [k - w for k, w in zip(up(killed), up(whole))]
-    assert extra[done + 1] > 0 and extra[:done + 1] + extra[done + 2:] == [0, 0, 0], extra
+    assert extra[done + 1] > 0 and extra[:done + 1] + extra[done + 2:] == [0, 0], extra
     assert extra[done + 1] < 2 * 64, extra
     ledger = lambda folder: list(csv.DictReader((folder / "ledger.csv").open()))  # noqa: E731
-    assert len(ledger(killed)) == len(ledger(whole)) == 3 * 2 * 2
+    assert len(ledger(killed)) == len(ledger(whole)) == 2 * 2 * 2
 
 
 def test_under_flwr_run_a_relative_out_dir_resolves_against_the_serverapps_working_folder(tmp_path, monkeypatch):

@@ -140,7 +140,7 @@ def test_a_participant_that_drops_or_sends_a_bad_masked_reply_loses_the_round_ne
     assert strategy.rounds[-1].aggregated and strategy.summary_extras()["secure_aggregation"]["rounds_lost"] == 1
 
 
-def test_a_client_without_its_key_or_not_among_the_keys_refuses_to_mask():
+def test_a_client_without_its_key_not_among_the_keys_or_alone_refuses_to_mask():
     strategy, grid = _strategy(2)
     train = strategy._broadcast(1, grid, 1.0, "train", "train", nodes=[100, 101],
                                 extra_config={KEYS_CONFIG: [bytes(32), bytes([1]) * 32]})
@@ -150,6 +150,11 @@ def test_a_client_without_its_key_or_not_among_the_keys_refuses_to_mask():
     client_app.secagg_keys(keys[0], grid.contexts[100])
     with pytest.raises(ValueError, match="public key is not among"):
         client_app.train(train[0], grid.contexts[100])
+    own = keys[0]  # a server that lists this client alone would read its update: refused
+    public = client_app.secagg_keys(own, grid.contexts[100]).content["arrays"]["public-key"].data
+    alone = strategy._broadcast(1, grid, 1.0, "train", "train", nodes=[100], extra_config={KEYS_CONFIG: [public]})
+    with pytest.raises(ValueError, match="would reveal the update"):
+        client_app.train(alone[0], grid.contexts[100])
 
 
 def test_central_privacy_under_secure_aggregation_clips_on_the_client_and_noises_the_sum():
