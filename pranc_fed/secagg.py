@@ -28,8 +28,9 @@ most 2 x clip_range per value over the number of clients (its code is confined t
 Limits, stated plainly: no secret sharing of the keys, so one client that drops after sending its key
 makes the round's sum unrecoverable: the round is not aggregated and the global model is kept (SecAgg's
 extra round trips exist for that); no authentication of the relayed keys (a malicious server could
-substitute them; a client only refuses a round of fewer than federation.min_train_clients keys); every pair is masked (SecAgg+ masks only O(log n) neighbours); 32 bits per value up,
-whatever pranc.uplink_codec says, since the masked code must hold the sum of all clients' codes.
+substitute them; a client only refuses a round of fewer than federation.min_train_clients keys); every
+pair is masked (SecAgg+ masks only O(log n) neighbours); 32 bits per value up, whatever
+pranc.uplink_codec says, since the masked code must hold the sum of all clients' codes.
 """
 
 from __future__ import annotations
