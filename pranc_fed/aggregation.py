@@ -47,6 +47,20 @@ def client_weights(claimed: list[int], rule: str, cap: float) -> np.ndarray:
     raise ValueError(f"unknown client weighting {rule!r}; choose one of {', '.join(WEIGHTINGS)}")
 
 
+def flatten(state: State, keys: list[str] | None = None) -> np.ndarray:
+    """The tensors of `keys` (default: all, sorted) as one float32 vector."""
+    return np.concatenate([state[k].astype(np.float32).ravel() for k in (sorted(state) if keys is None else keys)])
+
+
+def unflatten(vector: np.ndarray, like: State, keys: list[str] | None = None) -> State:
+    """flatten's inverse: the tensors of `keys` (default: all of like's, sorted) in like's shapes."""
+    out, offset = {}, 0
+    for k in sorted(like) if keys is None else keys:
+        out[k] = vector[offset:offset + like[k].size].reshape(like[k].shape).astype(np.float32)
+        offset += like[k].size
+    return out
+
+
 def update_norm(delta: State) -> float:
     return float(np.sqrt(sum(np.sum(np.square(v, dtype=np.float64)) for v in delta.values())))
 
@@ -87,7 +101,7 @@ def combine(deltas: list[State], weights: np.ndarray, rule: str, trim: float = 0
 
 def krum_select(deltas: list[State], byzantine: int, select: int) -> np.ndarray:
     """Indices of the `select` deltas with the lowest Krum scores (Blanchard et al. 2017), in score order."""
-    flat = np.stack([np.concatenate([d[k].ravel() for k in sorted(d)]).astype(np.float64) for d in deltas])
+    flat = np.stack([flatten(d).astype(np.float64) for d in deltas])
     squared = np.square(flat).sum(axis=1)
     distances = np.maximum(squared[:, None] + squared[None, :] - 2 * flat @ flat.T, 0)
     closest = max(1, len(deltas) - byzantine - 2)

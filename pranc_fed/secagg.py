@@ -47,6 +47,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
+from .aggregation import flatten, unflatten
 from .methods import InvalidReply, Method, State
 from .methods.base import check_keys, from_array, record_bytes, to_array
 from .privacy import add_noise, clip
@@ -112,19 +113,6 @@ def unmask_sum(masked: list[np.ndarray]) -> np.ndarray:
     for y in masked:
         total += y
     return total
-
-
-def flatten(update: State) -> np.ndarray:
-    """An update as one vector, keys in sorted order (both sides know the state's keys and shapes)."""
-    return np.concatenate([update[k].ravel() for k in sorted(update)]).astype(np.float32)
-
-
-def unflatten(vector: np.ndarray, like: State) -> State:
-    out, at = {}, 0
-    for k in sorted(like):
-        out[k] = vector[at:at + like[k].size].reshape(like[k].shape).astype(np.float32)
-        at += like[k].size
-    return out
 
 
 # ---------------------------------------------------------------- the client's side

@@ -32,6 +32,7 @@ import numpy as np
 from flwr.app import ArrayRecord
 from torch import nn
 
+from .. import aggregation
 from ..codecs import InvalidReply, Spec, check_finite, spec_bytes
 from .base import State, check_keys, from_array, to_array
 from .fedavg import FedAvg
@@ -105,15 +106,10 @@ class DenseDelta(FedAvg):
 
     def flatten(self, state: State) -> np.ndarray:
         """The compressed tensors of state as one float32 vector (sorted-key order)."""
-        return np.concatenate([state[k].astype(np.float32).ravel() for k in self.compressed_keys(state)])
+        return aggregation.flatten(state, self.compressed_keys(state))
 
     def unflatten(self, flat: np.ndarray, like: State) -> State:
-        out, offset = {}, 0
-        for key in self.compressed_keys(like):
-            n = like[key].size
-            out[key] = flat[offset:offset + n].reshape(like[key].shape).astype(np.float32)
-            offset += n
-        return out
+        return aggregation.unflatten(flat, like, self.compressed_keys(like))
 
     def encode_up(self, model: nn.Module, start: State, memory: dict[str, np.ndarray]) -> ArrayRecord:
         now = self.state_of(model)
