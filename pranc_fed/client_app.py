@@ -132,8 +132,7 @@ def train(msg: Message, context: Context) -> Message:
     if keys is None:
         reply = node.method.encode_up(node.model, start, memory)
     else:  # secure aggregation: the update, masked (secagg.py); no codec, no error feedback
-        now = node.method.state_of(node.model)
-        reply, values["secagg-clipped"] = secagg.masked_reply(node.method, {k: now[k] - start[k] for k in start},
+        reply, values["secagg-clipped"] = secagg.masked_reply(node.method, node.method.update(node.model, start),
                                                               context, list(keys), node.cfg.secagg.clip_range)
     _keep(context, MEMORY_KEY, memory)
     metrics = _metrics(context, values)

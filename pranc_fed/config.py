@@ -220,7 +220,7 @@ class SecAggConfig:
     # sum, so the server learns only the round's sum (equal weights), never one client's update. It costs
     # a key round trip per round and 32 bits per value up. Any star run: --set secagg.enabled=true
     enabled: bool = _f(False)
-    clip_range: float = _f(1.0, gt=0, le=1e6)  # each value of an update is clipped to [-clip_range, clip_range] for its 32-bit fixed-point code; replies count the values clipped (secagg-clipped in ledger.csv's round, summary.json)
+    clip_range: float = _f(1.0, gt=0, le=1e6)  # each value of an update is clipped to [-clip_range, clip_range] for its 32-bit fixed-point code; replies count the values clipped (a warning per round, summary.json's secure_aggregation)
 
 
 @dataclass
@@ -293,9 +293,7 @@ def _check_gossip(cfg: ExperimentConfig) -> None:
         (fed.method == "pranc" and not cfg.pranc.share_local_params,
          "agents mix their whole state: set pranc.share_local_params=true"),
     ]
-    for refused, reason in refusals:
-        if refused:
-            raise ConfigError(f"{name}: {reason} (or federation.topology=star)")
+    _refuse(refusals, name, "federation.topology=star")
 
 
 def _check_secagg(cfg: ExperimentConfig) -> None:
@@ -313,9 +311,14 @@ def _check_secagg(cfg: ExperimentConfig) -> None:
         (fed.method == "pranc" and cfg.pranc.reseed_period > 0,
          "a masked reply cannot carry re-seeded PRANC's period check: set pranc.reseed_period=0"),
     ]
+    _refuse(refusals, "secagg.enabled", "secagg.enabled=false")
+
+
+def _refuse(refusals: list[tuple[bool, str]], setting: str, instead: str) -> None:
+    """A ConfigError for the first refusal that applies: "SETTING: REASON (or INSTEAD)"."""
     for refused, reason in refusals:
         if refused:
-            raise ConfigError(f"secagg.enabled: {reason} (or secagg.enabled=false)")
+            raise ConfigError(f"{setting}: {reason} (or {instead})")
 
 
 # ---------------------------------------------------------------- type and rule checks

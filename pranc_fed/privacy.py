@@ -117,8 +117,13 @@ class Privacy:
         """Central mode, on the server: the clipped updates' sum plus noise, over the number of updates."""
         clipped = [clip(u, self.clipping_norm) for u in updates]
         total = {k: np.sum([c[k] for c in clipped], axis=0, dtype=np.float64) for k in updates[0]}
+        return self.noised_mean(total, len(updates), rng)
+
+    def noised_mean(self, total: State, count: int, rng: np.random.Generator) -> State:
+        """Central mode: a sum of `count` clipped updates plus noise, over `count` (secure aggregation's
+        clients clip before masking, so its server has only this sum)."""
         noisy = add_noise(total, self.noise_multiplier * self.clipping_norm, rng)
-        return {k: (v / len(updates)).astype(np.float32) for k, v in noisy.items()}
+        return {k: (v / count).astype(np.float32) for k, v in noisy.items()}
 
     def describe(self, rounds: int) -> str:
         """One line for the run's log."""

@@ -50,7 +50,7 @@ from flwr.serverapp import Grid
 from .aggregation import flatten, unflatten
 from .methods import InvalidReply, Method, State
 from .methods.base import check_keys, from_array, record_bytes, to_array
-from .privacy import add_noise, clip
+from .privacy import clip
 from .strategy import MethodStrategy
 
 log = logging.getLogger("pranc_fed.secagg")
@@ -165,27 +165,27 @@ class SecureAggregation(MethodStrategy):
     def train_round(self, grid: Grid, server_round: int, timeout: float) -> None:
         self.state = self.method.begin_round(self.state, server_round, self.server_memory)
         nodes = self._sample(grid, self.fraction_train)
-        keys, key_down = self._exchange_keys(grid, server_round, nodes, timeout)
+        keys = self._exchange_keys(grid, server_round, nodes, timeout)
         stats = self.round_stats(server_round)
         if len(keys) < self.min_train_nodes:
-            stats.sampled, stats.down_bytes = len(nodes), key_down
+            stats.sampled = len(nodes)
             self._lose(server_round, f"{len(keys)} public keys, fewer than federation.min_train_clients="
                                      f"{self.min_train_nodes}")
             return
         participants = sorted(keys)
         messages = self._broadcast(server_round, grid, 1.0, "train", MessageType.TRAIN, nodes=participants,
                                    extra_config={KEYS_CONFIG: [keys[n] for n in participants]})
-        stats.sampled, stats.down_bytes = len(nodes), stats.down_bytes + key_down
+        stats.sampled = len(nodes)  # _broadcast counted the participants only
         self._aggregate_masked(server_round, grid.send_and_receive(messages, timeout=timeout), participants)
 
-    def _exchange_keys(self, grid: Grid, server_round: int, nodes: list[int], timeout: float) -> tuple[dict, int]:
-        """node -> its 32-byte public key, for the nodes that replied one; and the bytes sent."""
+    def _exchange_keys(self, grid: Grid, server_round: int, nodes: list[int], timeout: float) -> dict[int, bytes]:
+        """node -> its 32-byte public key, for the nodes that replied one (the round's stats count the bytes)."""
         config = ConfigRecord({"server-round": server_round, "fingerprint": self.fingerprint})
-        self.sent, down = [], 0
+        self.sent = []
         for node in nodes:
             content = RecordDict({"config": config})
             size = record_bytes(content)
-            down += size
+            self.round_stats(server_round).down_bytes += size
             self.ledger.append({"round": server_round, "node": node, "phase": "secagg-keys", "direction": "down",
                                 "bytes": size})
             self.sent.append(Message(content=content, message_type=f"{MessageType.QUERY}.{KEYS_ACTION}",
@@ -201,7 +201,7 @@ class SecureAggregation(MethodStrategy):
                 keys[node] = key
             except InvalidReply as e:
                 self._drop(server_round, "secagg-keys", node, e)
-        return keys, down
+        return keys
 
     def _aggregate_masked(self, server_round: int, replies: Iterable[Message], participants: list[int]) -> None:
         stats = self.round_stats(server_round)
@@ -228,10 +228,10 @@ class SecureAggregation(MethodStrategy):
                         self.cfg.secagg.clip_range)
         total = dequantize_sum(unmask_sum(list(masked.values())), self.cfg.secagg.clip_range, len(participants))
         summed = unflatten(total, self.state)
-        privacy = self.method.privacy
-        if privacy.central:  # the clients clipped; the server adds the noise to the sum
-            summed = add_noise(summed, privacy.noise_multiplier * privacy.clipping_norm, self.method.noise_rng)
-        mean = {k: v / len(participants) for k, v in summed.items()}
+        if self.method.privacy.central:  # the clients clipped; the server adds the noise to the sum
+            mean = self.method.privacy.noised_mean(summed, len(participants), self.method.noise_rng)
+        else:
+            mean = {k: v / len(participants) for k, v in summed.items()}
         self.state = {k: v.astype(np.float32) for k, v in self.optimizer.step(self.state, mean).items()}
         for node in participants:
             self.node_periods[node] = self.method.period(self.state)

@@ -171,8 +171,8 @@ class MethodStrategy(FedAvg):
             total += size
             self.ledger.append({"round": server_round, "node": node, "phase": phase, "direction": "down", "bytes": size})
             self.sent.append(Message(content=content, message_type=message_type, dst_node_id=node))
-        if phase == "train":
-            stats.sampled, stats.down_bytes = len(nodes), total
+        if phase == "train":  # added: secure aggregation's key exchange counts its own bytes first
+            stats.sampled, stats.down_bytes = len(nodes), stats.down_bytes + total
         else:
             stats.eval_down_bytes = total
         return self.sent

@@ -194,11 +194,15 @@ class Method(ABC):
     def noise_rng(self) -> np.random.Generator:
         return privacy.fresh_rng()
 
-    def privatize_update(self, model: nn.Module, start: State) -> None:
-        """Local privacy, on a client after training: replace the model's update (its state minus the
-        start, over the keys that travel) by the clipped, noised one, which encode_up then sends."""
+    def update(self, model: nn.Module, start: State) -> State:
+        """A client's update: its state minus the start, over the keys that travel (start's)."""
         now = self.state_of(model)
-        noisy = self.privacy.privatize_client({k: now[k] - start[k] for k in start}, self.noise_rng)
+        return {k: now[k] - start[k] for k in start}
+
+    def privatize_update(self, model: nn.Module, start: State) -> None:
+        """Local privacy, on a client after training: replace the model's update by the clipped, noised
+        one, which encode_up then sends."""
+        noisy = self.privacy.privatize_client(self.update(model, start), self.noise_rng)
         self.load_state(model, {k: start[k] + noisy[k] for k in start})
 
     def begin_round(self, state: State, server_round: int, memory: dict) -> State:

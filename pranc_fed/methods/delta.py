@@ -112,8 +112,7 @@ class DenseDelta(FedAvg):
         return aggregation.unflatten(flat, like, self.compressed_keys(like))
 
     def encode_up(self, model: nn.Module, start: State, memory: dict[str, np.ndarray]) -> ArrayRecord:
-        now = self.state_of(model)
-        delta = {k: now[k] - start[k] for k in start}
+        delta = self.update(model, start)
         target = self.flatten(delta)
         residual = memory.get(RESIDUAL_KEY)
         if self.error_feedback and residual is not None and residual.shape == target.shape:

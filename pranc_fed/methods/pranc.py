@@ -174,8 +174,7 @@ class Pranc(Method):
     def encode_up(self, model: PrancModel, start: State, memory: dict[str, np.ndarray]) -> ArrayRecord:
         if not self.cfg.pranc.share_local_params:
             memory.update({k: v.cpu().numpy() for k, v in model.local_state().items()})
-        now = self.state_of(model)
-        delta = self._encode(self.up, {k: now[k] - start[k] for k in start}, memory)
+        delta = self._encode(self.up, self.update(model, start), memory)
         return self._with_period(delta, _stack(model.history, model.num_coeffs) if self.reseed_period else None)
 
     def decode_up(self, record: ArrayRecord, state: State) -> State:
