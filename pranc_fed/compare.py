@@ -72,7 +72,7 @@ class Run:
     def with_seed(self, config_path: str | Path, seed: int | None) -> Run:
         if seed is None:
             return self
-        seeded = self.with_overrides(config_path, *_seed_overrides(seed))
+        seeded = self.with_overrides(config_path, *seed_overrides(seed))
         seeded.seed = seed
         return seeded
 
@@ -80,7 +80,7 @@ class Run:
         return out / self.label if self.seed is None else out / self.label / f"seed{self.seed}"
 
 
-def _seed_overrides(seed: int) -> list[str]:
+def seed_overrides(seed: int) -> list[str]:
     return [f"seed={seed}", f"pranc.basis_seed={seed}"]
 
 
@@ -88,7 +88,7 @@ def plan(config_path: str | Path, overrides: list[str]) -> list[Run]:
     """The runs of a comparison, in methods.compare order (pranc once per K)."""
     cfg = load_config(config_path, overrides)
     if cfg.methods.seeds:  # the lr search runs at the first seed
-        overrides = [*overrides, *_seed_overrides(cfg.methods.seeds[0])]
+        overrides = [*overrides, *seed_overrides(cfg.methods.seeds[0])]
     runs = []
     for name in dict.fromkeys(cfg.methods.compare):
         m = cfg.methods

@@ -1,12 +1,14 @@
 """Decentralised PRANC against the star and against dense fp16 gossip, and Byzantine neighbours.
 
-    .venv/bin/python simulations/gossip_study.py [--out runs/gossip_study] [--only NAME ...] [--set key=value ...]
+    .venv/bin/python simulations/gossip_study.py [--out runs/gossip_study] [--study mnist|cifar10] [--only NAME ...]
+                                                 [--seeds 0 1 2] [--set key=value ...]
 
 Every run is a real Flower simulation of the project's ServerApp (the star, or the relay of
 pranc_fed/gossip.py) on MNIST/LeNet with 10 and 50 agents and on JPEG CIFAR-10/ResNet20 with 10 (unpacked
 where CIFAR10_JPEG points, /tmp/cifar10 by default), scaled down for a 2-core CPU (STUDIES below). Runs
-already finished (summary.json present) are kept, so the command resumes. Writes gossip_study.csv (one row per run and
-round), gossip_study.md (the tables) and gossip_study.png (mean and worst agent accuracy per round).
+already finished (summary.json present) are kept, so the command resumes. Writes gossip_study.csv (one row per run,
+seed and round), gossip_study.md (the tables: seed 0's, then mean and 95% interval over the seeds of runs that have
+several) and gossip_study.png (seed 0's mean and worst agent accuracy per round).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "simulations"))
 
 from attack_study import make_app  # noqa: E402
+from pranc_fed.compare import mean_interval, seed_overrides  # noqa: E402
 from pranc_fed.config import load_config  # noqa: E402
 from pranc_fed.runner import simulate  # noqa: E402
 
@@ -95,38 +98,44 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "runs" / "gossip_study"))
     parser.add_argument("--only", nargs="*", help="run only these names (see runs())")
     parser.add_argument("--study", choices=STUDIES, help="run only this study's runs")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0],
+                        help="run each chosen run once per seed (seed and pranc.basis_seed; seed 0 in OUT/NAME, "
+                             "seed N in OUT/seedN/NAME)")
     parser.add_argument("--set", dest="extra", action="append", default=[])
     args = parser.parse_args()
     out = Path(args.out).resolve()
     table = []
-    for run in runs():
-        run_out = out / run["name"]
-        if not (run_out / "summary.json").is_file():
-            if (args.only is not None and run["name"] not in args.only) or args.study not in (None, run["study"]):
+    finished = sorted({0, *args.seeds, *(int(p.name[4:]) for p in out.glob("seed[0-9]*") if p.name[4:].isdigit())})
+    for seed in finished:
+        for run in runs():
+            run_out = out / run["name"] if seed == 0 else out / f"seed{seed}" / run["name"]
+            if not (run_out / "summary.json").is_file():
+                if seed not in args.seeds or (args.only is not None and run["name"] not in args.only) or \
+                        args.study not in (None, run["study"]):
+                    continue
+                settings = [*overrides(run), *seed_overrides(seed), *args.extra]
+                config = STUDIES[run["study"]][0]
+                cfg = load_config(config, settings)
+                app = None if run["attack"] == "none" else make_app(out / "apps" / run["attack"], run["attack"],
+                                                                   ATTACKER, cfg.federation.max_num_examples)
+                print(f"[gossip-study] {run['name']} seed {seed}", flush=True)
+                simulate(config, settings, cfg, run_out, app=app)
+            if not (run_out / "summary.json").is_file():
                 continue
-            settings = [*overrides(run), *args.extra]
-            config = STUDIES[run["study"]][0]
-            cfg = load_config(config, settings)
-            app = None if run["attack"] == "none" else make_app(out / "apps" / run["attack"], run["attack"], ATTACKER,
-                                                               cfg.federation.max_num_examples)
-            print(f"[gossip-study] {run['name']}", flush=True)
-            simulate(config, settings, cfg, run_out, app=app)
-        if not (run_out / "summary.json").is_file():
-            continue
-        summary = json.loads((run_out / "summary.json").read_text())
-        rows = [r for r in csv.DictReader((run_out / "rounds.csv").open()) if int(r["round"]) > 0]
-        per_agent = per_agent_round_bytes(rows, summary, run["graph"], summary["clients"])
-        for r, b in zip(rows, per_agent):
-            table.append(run | {"round": int(r["round"]), "mean_accuracy": float(r["test_accuracy"]),
-                                "worst_accuracy": float(r.get("worst_accuracy") or r["test_accuracy"]),
-                                "consensus_distance": r.get("consensus_distance", ""),
-                                "bytes_per_agent_round": round(b),
-                                "total_bytes": summary.get("total_edge_bytes", summary["total_bytes"])})
+            summary = json.loads((run_out / "summary.json").read_text())
+            rows = [r for r in csv.DictReader((run_out / "rounds.csv").open()) if int(r["round"]) > 0]
+            per_agent = per_agent_round_bytes(rows, summary, run["graph"], summary["clients"])
+            for r, b in zip(rows, per_agent):
+                table.append(run | {"seed": seed, "round": int(r["round"]), "mean_accuracy": float(r["test_accuracy"]),
+                                    "worst_accuracy": float(r.get("worst_accuracy") or r["test_accuracy"]),
+                                    "consensus_distance": r.get("consensus_distance", ""),
+                                    "bytes_per_agent_round": round(b),
+                                    "total_bytes": summary.get("total_edge_bytes", summary["total_bytes"])})
     write(out, table)
     return 0
 
 
-FIELDS = ["name", "study", "agents", "graph", "partition", "method", "mix", "attack", "round", "mean_accuracy", "worst_accuracy",
+FIELDS = ["name", "study", "agents", "graph", "partition", "method", "mix", "attack", "seed", "round", "mean_accuracy", "worst_accuracy",
           "consensus_distance", "bytes_per_agent_round", "total_bytes"]
 
 
@@ -136,9 +145,11 @@ def write(out: Path, table: list[dict]) -> None:
         writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(table)
-    last = {}
+    last, finals = {}, {}  # name -> seed 0's last row; name -> every seed's last row
     for row in table:
-        last[row["name"]] = row
+        finals.setdefault(row["name"], {})[row["seed"]] = row
+        if row["seed"] == 0:
+            last[row["name"]] = row
     lines = ["| run | study | agents | graph | data | method | rounds | mean acc | worst acc | consensus dist. | "
              "B/agent/round | total MB |", "|---|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for name, r in last.items():
@@ -148,16 +159,45 @@ def write(out: Path, table: list[dict]) -> None:
         lines.append(f"| {name} | {r['study']} | {r['agents']} | {r['graph']} | {r['partition']} | {r['method']} | "
                      f"{r['round']} | {r['mean_accuracy']:.2%} | "
                      f"{r['worst_accuracy']:.2%} | {dist} | {r['bytes_per_agent_round']:,} | {r['total_bytes'] / 1e6:.3f} |")
-    byz = {(r["mix"], r["attack"]): r for r in last.values() if r["name"].startswith("byz-") or r["name"] == "ring-iid-pranc"}
+    byz = {(r["mix"], r["attack"]): honest_accuracy(out / name) for name, r in last.items()
+           if name.startswith("byz-") or name == "ring-iid-pranc"}
     if byz:
-        lines += ["", "| neighbour 0 sends | " + " | ".join(MIXES) + " |", "|---|" + "---:|" * len(MIXES)]
+        lines += ["", "Honest agents (all but agent 0) after the last round, mean / worst:", "",
+                  "| agent 0 sends | mix: " + " | mix: ".join(MIXES) + " |", "|---|" + "---:|" * len(MIXES)]
         for attack in ATTACKS:
-            cells = [f"{byz[m, attack]['mean_accuracy']:.2%} / {byz[m, attack]['worst_accuracy']:.2%}"
-                     if (m, attack) in byz else "-" for m in MIXES]
+            cells = [f"{byz[m, attack][0]:.2%} / {byz[m, attack][1]:.2%}" if (m, attack) in byz else "-" for m in MIXES]
             lines.append(f"| {attack} | " + " | ".join(cells) + " |")
+    lines += seeds_table(finals)
     (out / "gossip_study.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    plot(out, table)
+    plot(out, [r for r in table if r["seed"] == 0])
+
+
+def seeds_table(finals: dict[str, dict[int, dict]]) -> list[str]:
+    """Runs with more than one seed: mean +- half-width of the 95% Student t interval of their last round."""
+    several = {name: by_seed for name, by_seed in finals.items() if len(by_seed) > 1}
+    if not several:
+        return []
+    lines = ["", "Over seeds (last round; mean ± half-width of the 95% Student t interval):", "",
+             "| run | seeds | mean agent acc (%) | worst agent acc (%) | consensus dist. |", "|---|---|---:|---:|---:|"]
+    for name, by_seed in several.items():
+        cells = []
+        for key in ("mean_accuracy", "worst_accuracy", "consensus_distance"):
+            values = [float(r[key]) for r in by_seed.values() if r[key] not in ("", None)]
+            mean, half = mean_interval(values) if values else (None, None)
+            scale, fmt = (100, ".2f") if key != "consensus_distance" else (1, ".3g")
+            cells.append("-" if mean is None else f"{mean * scale:{fmt}} ± {half * scale:{fmt}}")
+        lines.append(f"| {name} | {' '.join(map(str, sorted(by_seed)))} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def honest_accuracy(run_dir: Path) -> tuple[float, float]:
+    """Mean and worst test accuracy of the agents that do not attack, after the run's last round (agents.csv:
+    the relay's worst-agent column also counts the attacker's own lying message)."""
+    rows = list(csv.DictReader((run_dir / "agents.csv").open()))
+    last = max(int(r["round"]) for r in rows)
+    accuracies = [float(r["test_accuracy"]) for r in rows if int(r["round"]) == last and int(r["partition"]) not in ATTACKER]
+    return sum(accuracies) / len(accuracies), min(accuracies)
 
 
 def plot(out: Path, table: list[dict]) -> None:

@@ -1,6 +1,13 @@
 """Shared pytest settings and helpers."""
 
+import shlex
+
+import torch
 from flwr.app import Context, RecordDict
+
+from pranc_fed.config import load_config
+from pranc_fed.data import load_dataset
+from pranc_fed.methods import get_method
 
 
 def pytest_configure(config):
@@ -41,3 +48,12 @@ class InProcessGrid:
                 if reply is not None:
                     replies.append(reply)
         return replies
+
+
+def in_process_federation(strategy_class, config_file: str, settings: list[str], n: int, handlers: dict):
+    """A server strategy of strategy_class and an InProcessGrid of n clients, both from config_file + settings."""
+    cfg = load_config(config_file, settings)
+    method = get_method(cfg)
+    model = method.build_model(load_dataset(cfg.data.dataset), torch.device("cpu"))
+    strategy = strategy_class(cfg, method, method.state_of(model), method.fingerprint(model))
+    return strategy, InProcessGrid({"config-file": config_file, "overrides": shlex.join(settings)}, n, handlers)

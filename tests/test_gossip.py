@@ -3,7 +3,6 @@ relay's per-edge ledger, churn, refused neighbour messages, and one real Flower 
 
 import csv
 import json
-import shlex
 
 import numpy as np
 import pytest
@@ -22,7 +21,7 @@ from pranc_fed.runner import simulate
 from pranc_fed.strategy import MethodStrategy
 from pranc_fed.topology import TopologyError, build_graph, mixing_matrix, spectral_gap
 
-from .conftest import InProcessGrid
+from .conftest import in_process_federation
 
 K = 64
 
@@ -149,13 +148,8 @@ def test_a_robust_mix_resists_one_wild_neighbour_and_the_mean_does_not(rule):
 def _relay(n: int, *overrides):
     settings = [f"federation.num_clients={n}", f"pranc.num_coeffs={K}", "data.train_subset=600", "train.batch_size=64",
                 "federation.local_steps=1", "federation.min_train_clients=1", *overrides]
-    cfg = load_config("configs/mnist_lenet_ring.yaml", settings)
-    method = get_method(cfg)
-    model = method.build_model(load_dataset("mnist"), torch.device("cpu"))
-    relay = GossipRelay(cfg, method, method.state_of(model), method.fingerprint(model))
-    grid = InProcessGrid({"config-file": "configs/mnist_lenet_ring.yaml", "overrides": shlex.join(settings)}, n,
-                         {GOSSIP_ACTION: client_app.gossip})
-    return relay, grid
+    return in_process_federation(GossipRelay, "configs/mnist_lenet_ring.yaml", settings, n,
+                                 {GOSSIP_ACTION: client_app.gossip})
 
 
 class _Recorder:

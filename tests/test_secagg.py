@@ -2,25 +2,21 @@
 code decodes the sum within its resolution; a masked round through the real ClientApp handlers gives
 the plain mean; a missing or bad masked reply loses the round, never the model; refused settings."""
 
-import shlex
 
 import numpy as np
 import pytest
-import torch
 from flwr.app import Error, Message
 from flwr.supercore.task_identity import TaskIdentity
 
 from pranc_fed import client_app
 from pranc_fed.aggregation import update_norm
 from pranc_fed.config import ConfigError, load_config
-from pranc_fed.data import load_dataset
-from pranc_fed.methods import get_method
 from pranc_fed.methods.base import to_array
 from pranc_fed.secagg import (KEYS_ACTION, KEYS_CONFIG, MASKED_ARRAY, SecureAggregation, dequantize_sum, key_pair,
                               mask, masked_input, quantize, shared_seed, unmask_sum)
 from pranc_fed.strategy import MethodStrategy
 
-from .conftest import FLOAT32_ALPHA, InProcessGrid
+from .conftest import FLOAT32_ALPHA, in_process_federation
 
 
 def test_masks_cancel_in_the_sum_and_hide_each_input():
@@ -43,7 +39,7 @@ def test_masks_cancel_in_the_sum_and_hide_each_input():
 
 
 def test_both_ends_of_a_pair_derive_the_same_mask_and_other_pairs_differ():
-    (a, pa), (b, pb), (c, pc) = key_pair(), key_pair(), key_pair()
+    (a, pa), (b, pb), (_, pc) = key_pair(), key_pair(), key_pair()
     assert shared_seed(a, pb) == shared_seed(b, pa) != shared_seed(a, pc)
     np.testing.assert_array_equal(mask(shared_seed(a, pb), 100), mask(shared_seed(b, pa), 100))
 
@@ -69,14 +65,8 @@ def _strategy(n: int, *overrides, secure: bool = True):
     settings = [f"federation.num_clients={n}", f"pranc.num_coeffs={K}", "data.train_subset=600",
                 "train.batch_size=64", "federation.local_steps=2", "federation.client_weighting=equal",
                 *FLOAT32_ALPHA, f"secagg.enabled={str(secure).lower()}", *overrides]
-    cfg = load_config("configs/mnist_lenet.yaml", settings)
-    method = get_method(cfg)
-    model = method.build_model(load_dataset("mnist"), torch.device("cpu"))
-    kind = SecureAggregation if secure else MethodStrategy
-    strategy = kind(cfg, method, method.state_of(model), method.fingerprint(model))
-    grid = InProcessGrid({"config-file": "configs/mnist_lenet.yaml", "overrides": shlex.join(settings)}, n,
-                         {"train": client_app.train, f"query.{KEYS_ACTION}": client_app.secagg_keys})
-    return strategy, grid
+    return in_process_federation(SecureAggregation if secure else MethodStrategy, "configs/mnist_lenet.yaml",
+                                 settings, n, {"train": client_app.train, f"query.{KEYS_ACTION}": client_app.secagg_keys})
 
 
 @pytest.mark.parametrize("method", ["pranc", "fedavg"])

@@ -82,13 +82,13 @@ class Basis:
         self.bounds = torch.cat([torch.full((s.numel,), s.bound, dtype=torch.float32) for s in segments])
         self.bounds = self.bounds.to(self.device)
         self.theta0 = self._values(STREAM_THETA0, 0, self.dim, 0, 1)[:, 0].contiguous()
-        self.engine = self._pick_engine(engine, cache)
+        nbytes = self.nonzeros * self.cache_dtype.itemsize
+        fits = nbytes <= self.budget_bytes
+        self.engine = self._pick_engine(engine, cache, fits)
         self.cache_source = "none"          # none | memory | disk-hit | disk-written
         self.cache_file: Path | None = None
         self._cached: list[torch.Tensor] | None = None
         self.fingerprint = basis_fingerprint(segments, num_coeffs, seed, arch, layout, self._values)
-        nbytes = self.nonzeros * self.cache_dtype.itemsize
-        fits = nbytes <= self.budget_bytes
         if cache in ("memory", "disk") and not fits:
             raise ValueError(f"the {cache_dtype} basis needs {nbytes / 2**20:.0f} MB but pranc.basis_budget_mb is "
                              f"{budget_mb}; raise the budget, use a smaller cache_dtype or cache: none")
@@ -118,11 +118,10 @@ class Basis:
     def for_module(cls, module: nn.Module, num_coeffs: int, seed: int, arch: str, **kwargs) -> "Basis":
         return cls(covered_segments(module), num_coeffs, seed, arch, **kwargs)
 
-    def _pick_engine(self, engine: str, cache: str) -> str:
+    def _pick_engine(self, engine: str, cache: str, fits: bool) -> str:
         """auto: triton on CUDA when B is not going to be cached (cache none, or auto over budget)."""
         if engine == "auto":
-            too_big = self.nonzeros * self.cache_dtype.itemsize > self.budget_bytes
-            uncached = cache == "none" or (cache == "auto" and too_big)
+            uncached = cache == "none" or (cache == "auto" and not fits)
             if self.device.type != "cuda" or not uncached:
                 return "torch"
             try:
