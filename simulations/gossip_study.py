@@ -53,11 +53,14 @@ METHODS = {"pranc": ["federation.method=pranc"], "fp16": ["federation.method=fed
 MIXES = {"mean": [], "median": ["federation.aggregation=median"], "clip": ["federation.norm_bound=clip"]}
 ATTACKS = ["none", "scale", "signflip"]
 ATTACKER = [0]  # partition 0 attacks its neighbours 1 and 9 on the ring
+# More exchanges a round on the IID ring (federation.gossip_steps): (study, agents) -> methods.
+STEPS, STEPS_RUNS = 3, {("mnist", 10): ["pranc", "fp16"], ("mnist", 50): ["pranc"]}
 
 
 def runs() -> list[dict]:
     """Every run of the study. Names: GRAPH-DATA-METHOD for MNIST's 10 agents (as first published),
-    prefixed a50- for 50 agents and cifar10- for CIFAR-10; byz-ring-iid-MIX-ATTACK for the attacks."""
+    prefixed a50- for 50 agents and cifar10- for CIFAR-10, suffixed -steps3 for 3 exchanges a round;
+    byz-ring-iid-MIX-ATTACK for the attacks."""
     out = []
     for study, (_, _, agent_counts, partitions, graphs, byzantine) in STUDIES.items():
         for agents in agent_counts:
@@ -69,20 +72,25 @@ def runs() -> list[dict]:
                             continue  # the star's dense baselines are in the other sections of docs/results.md
                         out.append({"name": f"{prefix}{graph}-{part}-{method}", "study": study, "agents": agents,
                                     "graph": graph, "partition": part, "method": method, "mix": "mean",
-                                    "attack": "none"})
+                                    "attack": "none", "steps": 1})
+            for method in STEPS_RUNS.get((study, agents), []):
+                out.append({"name": f"{prefix}ring-iid-{method}-steps{STEPS}", "study": study, "agents": agents,
+                            "graph": "ring", "partition": "iid", "method": method, "mix": "mean", "attack": "none",
+                            "steps": STEPS})
         if byzantine:
             for mix in MIXES:
                 for attack in ATTACKS:
                     if (mix, attack) != ("mean", "none"):  # that one is ring-iid-pranc above
                         out.append({"name": f"byz-ring-iid-{mix}-{attack}", "study": study, "agents": 10,
                                     "graph": "ring", "partition": "iid", "method": "pranc", "mix": mix,
-                                    "attack": attack})
+                                    "attack": attack, "steps": 1})
     return out
 
 
 def overrides(run: dict) -> list[str]:
     return [*STUDIES[run["study"]][1], f"federation.num_clients={run['agents']}", *PARTITIONS[run["partition"]],
-            *GRAPHS[run["graph"]], *METHODS[run["method"]], *MIXES[run["mix"]], f"name=gossip-{run['name']}"]
+            *GRAPHS[run["graph"]], *METHODS[run["method"]], *MIXES[run["mix"]],
+            f"federation.gossip_steps={run['steps']}", f"name=gossip-{run['name']}"]
 
 
 def per_agent_round_bytes(rows: list[dict], summary: dict, graph: str, clients: int) -> list[float]:

@@ -272,3 +272,23 @@ def test_ring_simulation_end_to_end(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["topology"] == "ring" and summary["total_edge_bytes"] == sum(int(e["bytes"]) for e in edges)
     assert summary["final_worst_accuracy"] == float(rows[-1]["worst_accuracy"])
+
+
+def test_the_gossip_study_scores_only_honest_agents_and_gives_intervals_over_seeds(tmp_path):
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "simulations"))
+    from gossip_study import ATTACKER, honest_accuracy, seeds_table
+    rows = [{"round": r, "partition": p, "node": 100 + p, "test_accuracy": acc, "test_loss": 1.0}
+            for r, accs in ((1, [0.5, 0.4, 0.3]), (2, [0.01, 0.7, 0.6])) for p, acc in enumerate(accs)]
+    with (tmp_path / "agents.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    assert ATTACKER == [0]
+    assert honest_accuracy(tmp_path) == pytest.approx((0.65, 0.6))  # round 2, agent 0's lie left out
+    row = {"mean_accuracy": 0.7, "worst_accuracy": 0.5, "consensus_distance": ""}
+    lines = seeds_table({"once": {0: row}, "twice": {0: row, 1: row | {"mean_accuracy": 0.8}}})
+    assert [line.split(" | ")[0] for line in lines if line.startswith("| ")] == ["| run", "| twice"]
+    # mean 75, half-width t(0.975, 1) x sd / sqrt(2) = 12.706 x 0.0707 / 1.414; a star has no consensus distance
+    assert lines[-1] == "| twice | 0 1 | 75.00 ± 63.53 | 50.00 ± 0.00 | - |"

@@ -6,6 +6,15 @@
 # layer, int8 (unpacked where CIFAR10_JPEG points, /tmp/cifar10 by default:
 #   mkdir -p /tmp/cifar10 && tar xJf ../shared/data/cifar10-jpeg.tar.xz -C /tmp/cifar10);
 # plus, with 10 MNIST agents on the ring, agent 0 sending scaled or sign-flipped alpha to its neighbours under
-# the mean, the neighbour median and clipped gossip. Scaled down for a 2-core CPU (simulations/gossip_study.py,
-# STUDIES). Resumable (finished runs are kept); --study mnist|cifar10 or --only NAME ... runs a part.
-exec .venv/bin/python simulations/gossip_study.py --out runs/gossip_study "$@"
+# the mean, the neighbour median and clipped gossip, and 3 exchanges a round (-steps3 runs). Scaled down for
+# a 2-core CPU (simulations/gossip_study.py, STUDIES). Resumable (finished runs are kept); --study
+# mnist|cifar10 or --only NAME ... runs a part of the first command.
+set -e
+.venv/bin/python simulations/gossip_study.py --out runs/gossip_study "$@"
+# Seeds 1 and 2 of the 10-agent MNIST runs (the tables' "Over seeds").
+.venv/bin/python simulations/gossip_study.py --out runs/gossip_study --seeds 1 2 --only star-iid-pranc \
+  ring-iid-pranc ring-iid-fp16 rr4-iid-pranc rr4-iid-fp16 star-dir0.3-pranc ring-dir0.3-pranc ring-dir0.3-fp16 \
+  rr4-dir0.3-pranc rr4-dir0.3-fp16
+# 50 agents on the whole MNIST training set (1,200 images an agent instead of 160), in its own folder.
+.venv/bin/python simulations/gossip_study.py --out runs/gossip_study_full50 --only a50-star-iid-pranc \
+  a50-ring-iid-pranc a50-ring-iid-fp16 --set data.train_subset=null
