@@ -45,7 +45,7 @@ CIFAR10 = ["data.dataset=" + os.environ.get("CIFAR10_JPEG", "/tmp/cifar10"), "da
            "federation.round_timeout=3600"]  # rounds of 10 agents took up to 10 min on the loaded CPU
 # study -> (config, its settings, agent counts, partitions, graphs, Byzantine runs?)
 STUDIES = {"mnist": (CONFIGS / "mnist_lenet_ring.yaml", MNIST, [10, 50], ["iid", "dir0.3"], ["star", "ring", "rr4"], True),
-           "cifar10": (CONFIGS / "cifar10_resnet20.yaml", CIFAR10, [10], ["iid"], ["star", "ring"], False)}
+           "cifar10": (CONFIGS / "cifar10_resnet20.yaml", CIFAR10, [10], ["iid"], ["star", "ring", "rr4"], False)}
 PARTITIONS = {"iid": ["data.partition=iid"], "dir0.3": ["data.partition=dirichlet", "data.dirichlet_alpha=0.3"]}
 GRAPHS = {"star": ["federation.topology=star"], "ring": ["federation.topology=ring"],
           "rr4": ["federation.topology=random_regular", "federation.degree=4"]}
