@@ -217,8 +217,12 @@ def plot(out: Path, table: list[dict]) -> None:
     panels = list(dict.fromkeys((r["study"], r["agents"], r["partition"]) for r in plain))
     if not panels:
         return
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
-    for ax, (study, agents, part) in zip(axes[0], panels):
+    cols = min(3, len(panels))
+    grid_rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(grid_rows, cols, figsize=(5.5 * cols, 4 * grid_rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (study, agents, part) in zip(axes.flat, panels):
         rows_of = [r for r in plain if (r["study"], r["agents"], r["partition"]) == (study, agents, part)]
         for name in dict.fromkeys(r["name"] for r in rows_of):
             rows = [r for r in rows_of if r["name"] == name]
@@ -227,6 +231,7 @@ def plot(out: Path, table: list[dict]) -> None:
                 ax.plot([r["round"] for r in rows], [r["worst_accuracy"] for r in rows], ls="--", color=line.get_color())
         ax.set_title(f"{study}, {agents} agents, {part}", fontsize=9)
         ax.set_xlabel("round")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_ylabel("test accuracy (solid: mean agent, dashed: worst)")
         ax.legend(fontsize=6)
     fig.tight_layout()
