@@ -225,5 +225,5 @@ def consensus_distance(states: list[State]) -> float | None:
     """sqrt(mean_i |x_i - mean_j x_j|^2) over every key: 0 when all agents agree."""
     if not states:
         return None
-    flat = np.stack([np.concatenate([s[k].ravel() for k in sorted(s)]).astype(np.float64) for s in states])
+    flat = np.stack([aggregation.flatten(s).astype(np.float64) for s in states])
     return float(np.sqrt(np.mean(np.sum(np.square(flat - flat.mean(axis=0)), axis=1))))

@@ -113,8 +113,9 @@ def main() -> int:
     args = parser.parse_args()
     out = Path(args.out).resolve()
     table = []
-    finished = sorted({0, *args.seeds, *(int(p.name[4:]) for p in out.glob("seed[0-9]*") if p.name[4:].isdigit())})
-    for seed in finished:
+    # the seeds asked for and those already on disk: the tables cover every finished run
+    seeds = sorted({0, *args.seeds, *(int(p.name[4:]) for p in out.glob("seed[0-9]*") if p.name[4:].isdigit())})
+    for seed in seeds:
         for run in runs():
             run_out = out / run["name"] if seed == 0 else out / f"seed{seed}" / run["name"]
             if not (run_out / "summary.json").is_file():

@@ -50,10 +50,15 @@ class InProcessGrid:
         return replies
 
 
-def in_process_federation(strategy_class, config_file: str, settings: list[str], n: int, handlers: dict):
-    """A server strategy of strategy_class and an InProcessGrid of n clients, both from config_file + settings."""
+def build(config_file: str | None, settings: list[str]):
+    """(cfg, method, model on the CPU) of config_file + settings."""
     cfg = load_config(config_file, settings)
     method = get_method(cfg)
-    model = method.build_model(load_dataset(cfg.data.dataset), torch.device("cpu"))
+    return cfg, method, method.build_model(load_dataset(cfg.data.dataset), torch.device("cpu"))
+
+
+def in_process_federation(strategy_class, config_file: str, settings: list[str], n: int, handlers: dict):
+    """A server strategy of strategy_class and an InProcessGrid of n clients, both from config_file + settings."""
+    cfg, method, model = build(config_file, settings)
     strategy = strategy_class(cfg, method, method.state_of(model), method.fingerprint(model))
     return strategy, InProcessGrid({"config-file": config_file, "overrides": shlex.join(settings)}, n, handlers)

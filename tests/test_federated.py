@@ -6,27 +6,22 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from pranc_fed.codecs import make_codec
 from pranc_fed.config import load_config
-from pranc_fed.data import load_dataset
-from pranc_fed.methods import get_method
 from pranc_fed.methods.base import record_bytes, to_array
 from pranc_fed.runner import simulate
 from pranc_fed.strategy import MethodStrategy
 
-from .conftest import FLOAT32_ALPHA
+from .conftest import FLOAT32_ALPHA, build
 
 K = 64
 
 
 def make_strategy(*overrides):
-    cfg = load_config(None, [f"pranc.num_coeffs={K}", "federation.min_train_clients=1", *overrides])
-    method = get_method(cfg)
-    model = method.build_model(load_dataset("mnist"), torch.device("cpu"))
+    cfg, method, model = build(None, [f"pranc.num_coeffs={K}", "federation.min_train_clients=1", *overrides])
     return MethodStrategy(cfg, method, method.state_of(model), method.fingerprint(model)), model
 
 

@@ -6,22 +6,19 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from pranc_fed import client_app
 from pranc_fed.config import ConfigError, load_config
-from pranc_fed.data import load_dataset
 from pranc_fed.gossip import GOSSIP_ACTION, GossipRelay, consensus_distance, mix
-from pranc_fed.methods import get_method
 from pranc_fed.methods.base import record_bytes, to_array
 from pranc_fed.results import Evaluation
 from pranc_fed.runner import simulate
 from pranc_fed.strategy import MethodStrategy
 from pranc_fed.topology import TopologyError, build_graph, mixing_matrix, spectral_gap
 
-from .conftest import in_process_federation
+from .conftest import build, in_process_federation
 
 K = 64
 
@@ -96,10 +93,7 @@ def test_a_graph_that_cannot_be_built_is_refused_before_the_run(topology, n, exp
 # ---------------------------------------------------------------- the agents' mix
 
 def _method(*overrides):
-    cfg = load_config("configs/mnist_lenet_ring.yaml", [f"pranc.num_coeffs={K}", *overrides])
-    method = get_method(cfg)
-    model = method.build_model(load_dataset("mnist"), torch.device("cpu"))
-    return cfg, method, model
+    return build("configs/mnist_lenet_ring.yaml", [f"pranc.num_coeffs={K}", *overrides])
 
 
 @pytest.mark.parametrize("codec", ["float32", "float16"])

@@ -2,7 +2,6 @@
 code decodes the sum within its resolution; a masked round through the real ClientApp handlers gives
 the plain mean; a missing or bad masked reply loses the round, never the model; refused settings."""
 
-
 import numpy as np
 import pytest
 from flwr.app import Error, Message
